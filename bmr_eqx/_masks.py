@@ -1,0 +1,244 @@
+"""Scores -> masks. The only top-k in the library lives here.
+
+Every function keeps the entries with the *highest* scores. Ties are broken in favour of the lower
+flat (row-major) index, so masks are deterministic. NaN scores count as `-inf` (pruned first).
+"""
+
+import abc
+import math
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
+
+Sparsity = float | Float[ArrayLike, ""]
+
+
+def keep_count(size: int, sparsity: Sparsity) -> int | Int[Array, ""]:
+    """How many of `size` entries a mask of sparsity `sparsity` keeps: `max(1, round(size·(1−s)))`.
+
+    Exact (Python arithmetic) for a Python float `sparsity`; for a traced one, float32 arithmetic.
+    """
+    if isinstance(sparsity, (int, float)):
+        return max(1, round(size * (1.0 - sparsity)))
+    s = jnp.asarray(sparsity, jnp.float32)
+    return jnp.maximum(1, jnp.round(size * (1.0 - s))).astype(jnp.int32)
+
+
+def _sanitize(scores: Array) -> Array:
+    scores = jnp.asarray(scores)
+    if not jnp.issubdtype(scores.dtype, jnp.floating):
+        scores = scores.astype(jnp.float32)
+    return jnp.where(jnp.isnan(scores), -jnp.inf, scores)
+
+
+def _order_key(x: Array) -> Array:
+    """Unsigned integers with the same order as the floats `x` (bit trick for radix selection)."""
+    x = x.astype(jnp.float32)
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def _kth_largest_key_cpu(keys: Array, k: Array) -> Array:
+    # Binary search on the bits: 32 streaming reductions, no sort (sorting is slow on XLA:CPU).
+    def body(i, ans):
+        cand = ans | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+        return jnp.where(jnp.sum(keys >= cand) >= k, cand, ans)
+
+    return jax.lax.fori_loop(0, 32, body, jnp.uint32(0))
+
+
+def _kth_largest_key_sort(keys: Array, k: Array) -> Array:
+    return jnp.sort(keys)[keys.size - k]
+
+
+def topk_mask(scores: Float[ArrayLike, "*shape"], sparsity: Sparsity) -> Bool[Array, "*shape"]:
+    """Unstructured mask keeping the `max(1, round(n·(1−sparsity)))` highest scores.
+
+    `sparsity` may be traced (no recompilation when it changes). Ties keep the lower flat index.
+
+    **Arguments:**
+
+    - `scores`: array of any shape; higher = more important.
+    - `sparsity`: fraction of entries to prune, in `[0, 1)`.
+
+    **Returns:** a bool array of the shape of `scores`, `True` where kept.
+    """
+    scores = _sanitize(scores)
+    flat = scores.reshape(-1)
+    n = flat.size
+    k = jnp.asarray(keep_count(n, sparsity), jnp.int32)
+    keys = _order_key(flat)
+    thr = jax.lax.platform_dependent(keys, k, cpu=_kth_largest_key_cpu, default=_kth_largest_key_sort)
+    greater = keys > thr
+    tied = keys == thr
+    room = k - jnp.sum(greater, dtype=jnp.int32)
+    keep = greater | (tied & (jnp.cumsum(tied, dtype=jnp.int32) <= room))
+    return keep.reshape(scores.shape)
+
+
+def threshold_mask(scores: Float[ArrayLike, "*shape"], threshold: Float[ArrayLike, ""] | float) -> Bool[Array, "*shape"]:
+    """Keep every entry whose score is `>= threshold` (NaN scores are pruned)."""
+    return _sanitize(scores) >= threshold
+
+
+def _rank_along_last(scores: Array) -> Array:
+    """0-based descending rank of each entry along the last axis; ties: lower index first."""
+    order = jnp.argsort(-scores, axis=-1, stable=True)
+    return jnp.argsort(order, axis=-1, stable=True)
+
+
+class AbstractSparsityType(eqx.Module):
+    """How scores become a mask for one leaf. Subclasses: `Unstructured`, `NByM`, `Block`, `Channel`."""
+
+    @abc.abstractmethod
+    def mask(self, scores: Array, sparsity: Sparsity, path: str = "leaf") -> Array:
+        """A bool mask of `scores`' shape pruning (about) a fraction `sparsity` of entries."""
+
+    def check(self, shape: tuple[int, ...], path: str) -> None:
+        """Raise a `ValueError` naming `path` if a leaf of this shape cannot take this sparsity type."""
+
+    @property
+    def fixed_sparsity(self) -> float | None:
+        """The sparsity this type always gives (N:M), or None if a target sparsity is needed."""
+        return None
+
+
+class Unstructured(AbstractSparsityType):
+    """Any individual entries may be pruned (top-k over the whole leaf)."""
+
+    def mask(self, scores: Array, sparsity: Sparsity, path: str = "leaf") -> Array:
+        return topk_mask(scores, sparsity)
+
+
+class NByM(AbstractSparsityType):
+    """N:M sparsity: keep `n` of every `m` consecutive entries along `axis` (default: the last,
+    which is the input axis of an `eqx.nn.Linear` weight, as sparse tensor cores expect)."""
+
+    n: int
+    m: int
+    axis: int = -1
+
+    def __check_init__(self):
+        if not (isinstance(self.n, int) and isinstance(self.m, int) and 0 < self.m):
+            raise ValueError(f"N:M needs positive integers, got n={self.n!r}, m={self.m!r}.")
+        if self.n > self.m or self.n < 1:
+            raise ValueError(f"N:M needs 1 <= n <= m, got n={self.n}, m={self.m}.")
+
+    @property
+    def fixed_sparsity(self) -> float | None:
+        return 1.0 - self.n / self.m
+
+    def check(self, shape: tuple[int, ...], path: str) -> None:
+        if not -len(shape) <= self.axis < len(shape):
+            raise ValueError(f"N:M axis {self.axis} is out of range for `{path}` of shape {shape}.")
+        length = shape[self.axis]
+        if length % self.m:
+            raise ValueError(
+                f"N:M with m={self.m} needs the length of axis {self.axis} of `{path}` (shape {shape}) to be "
+                f"divisible by {self.m}; leave this leaf out of pruning or choose another m or axis."
+            )
+
+    def mask(self, scores: Array, sparsity: Sparsity = 0.0, path: str = "leaf") -> Array:
+        scores = _sanitize(scores)
+        self.check(scores.shape, path)
+        moved = jnp.moveaxis(scores, self.axis, -1)
+        groups = moved.reshape(*moved.shape[:-1], moved.shape[-1] // self.m, self.m)
+        keep = _rank_along_last(groups) < self.n
+        return jnp.moveaxis(keep.reshape(moved.shape), -1, self.axis)
+
+
+def _pool_scores(scores: Array, block: tuple[int, ...], pool: str) -> Array:
+    split = []
+    for d, b in zip(scores.shape, block):
+        split += [d // b, b]
+    reduce = jnp.max if pool == "max" else jnp.mean
+    return reduce(scores.reshape(split), axis=tuple(range(1, 2 * scores.ndim, 2)))
+
+
+def _unpool(mask: Array, block: tuple[int, ...]) -> Array:
+    for axis, b in enumerate(block):
+        mask = jnp.repeat(mask, b, axis=axis)
+    return mask
+
+
+class Block(AbstractSparsityType):
+    """Prune whole blocks: scores are pooled (`"mean"` or `"max"`) over blocks of `shape` on the
+    leading axes (missing trailing block sizes are 1) and the top blocks are kept."""
+
+    shape: tuple[int, ...] = (4, 4)
+    pool: Literal["mean", "max"] = "mean"
+
+    def __check_init__(self):
+        if self.pool not in ("mean", "max"):
+            raise ValueError(f"Block pool must be 'mean' or 'max', got {self.pool!r}.")
+        if not self.shape or any((not isinstance(b, int)) or b < 1 for b in self.shape):
+            raise ValueError(f"Block shape must be positive integers, got {self.shape!r}.")
+
+    def _full(self, ndim: int) -> tuple[int, ...]:
+        return tuple(self.shape) + (1,) * (ndim - len(self.shape))
+
+    def check(self, shape: tuple[int, ...], path: str) -> None:
+        if len(self.shape) > len(shape) or any(d % b for d, b in zip(shape, self._full(len(shape)))):
+            raise ValueError(
+                f"Block shape {tuple(self.shape)} does not tile `{path}` of shape {shape}; every block size "
+                "must divide the matching axis."
+            )
+
+    def mask(self, scores: Array, sparsity: Sparsity, path: str = "leaf") -> Array:
+        scores = _sanitize(scores)
+        self.check(scores.shape, path)
+        full = self._full(scores.ndim)
+        return _unpool(topk_mask(_pool_scores(scores, full, self.pool), sparsity), full)
+
+
+class Channel(AbstractSparsityType):
+    """Prune whole slices along `axis` (default 0: output neurons of `eqx.nn.Linear`, filters of
+    `eqx.nn.Conv`), ranked by their mean score."""
+
+    axis: int = 0
+
+    def check(self, shape: tuple[int, ...], path: str) -> None:
+        if not -len(shape) <= self.axis < len(shape):
+            raise ValueError(f"Channel axis {self.axis} is out of range for `{path}` of shape {shape}.")
+
+    def mask(self, scores: Array, sparsity: Sparsity, path: str = "leaf") -> Array:
+        scores = _sanitize(scores)
+        self.check(scores.shape, path)
+        axis = self.axis % scores.ndim
+        others = tuple(a for a in range(scores.ndim) if a != axis)
+        keep = topk_mask(jnp.mean(scores, axis=others), sparsity)
+        return jnp.broadcast_to(jnp.expand_dims(keep, others), scores.shape)
+
+
+def sparsity_type(value: "AbstractSparsityType | str") -> AbstractSparsityType:
+    """Normalise a sparsity type: an `AbstractSparsityType`, `"unstructured"`, `"channel"`, or `"N:M"`
+    such as `"2:4"`."""
+    if isinstance(value, AbstractSparsityType):
+        return value
+    if isinstance(value, str):
+        if value == "unstructured":
+            return Unstructured()
+        if value == "channel":
+            return Channel()
+        if value == "block":
+            return Block()
+        parts = value.split(":")
+        if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+            return NByM(int(parts[0]), int(parts[1]))
+    raise ValueError(
+        f"Unknown sparsity type {value!r}; use 'unstructured', 'channel', 'block', an 'N:M' string like "
+        "'2:4', or an instance of bmr_eqx.Unstructured / NByM / Block / Channel."
+    )
+
+
+def global_topk_masks(scores: list[Array], sparsity: Sparsity) -> list[Array]:
+    """One top-k over the concatenation of `scores` (flattened in order); ties keep the earlier leaf
+    and lower index. Returns one mask per input, shaped like it."""
+    flat = jnp.concatenate([_sanitize(s).reshape(-1) for s in scores])
+    keep = topk_mask(flat, sparsity)
+    sizes = [math.prod(s.shape) for s in scores]
+    splits = list(jnp.split(keep, [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)]))
+    return [m.reshape(s.shape) for m, s in zip(splits, scores)]
