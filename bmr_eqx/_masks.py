@@ -6,7 +6,6 @@ flat (row-major) index, so masks are deterministic. NaN scores count as `-inf` (
 
 import abc
 import math
-from typing import Literal
 
 import equinox as eqx
 import jax
@@ -169,7 +168,7 @@ class Block(AbstractSparsityType):
     leading axes (missing trailing block sizes are 1) and the top blocks are kept."""
 
     shape: tuple[int, ...] = (4, 4)
-    pool: Literal["mean", "max"] = "mean"
+    pool: str = "mean"
 
     def __check_init__(self):
         if self.pool not in ("mean", "max"):

@@ -1,0 +1,64 @@
+import jax
+import jax.numpy as jnp
+import pytest
+
+import bmr_eqx as bx
+
+
+def test_erk_hand_computation():
+    # raw densities 30/200 and 50/600; eps = 400 / (30 + 50) = 5.
+    got = bx.erk_sparsities({"a": (10, 20), "b": (20, 30)}, 0.5)
+    assert got["a"] == pytest.approx(1 - 5 * 30 / 200)
+    assert got["b"] == pytest.approx(1 - 5 * 50 / 600)
+
+
+def test_erk_densifies_small_layers_and_keeps_budget():
+    got = bx.erk_sparsities({"small": (2, 2), "big": (100, 100)}, 0.5)
+    assert got["small"] == 0.0
+    # 4 dense entries + (1 - s_big) * 10000 = 0.5 * 10004
+    assert got["big"] == pytest.approx(1 - (5002 - 4) / 10000)
+
+
+def test_leaf_sparsities_uniform_custom_and_errors():
+    shapes = {"a": (4, 4), "b": (4, 4)}
+    assert bx.leaf_sparsities(shapes, 0.3, "uniform") == {"a": 0.3, "b": 0.3}
+    assert bx.leaf_sparsities(shapes, 0.3, {"a": None}) == {"a": None, "b": 0.3}
+    with pytest.raises(ValueError, match=r"names \['c'\]"):
+        bx.leaf_sparsities(shapes, 0.3, {"c": 0.5})
+    with pytest.raises(ValueError, match="Unknown distribution 'lognormal'"):
+        bx.leaf_sparsities(shapes, 0.3, "lognormal")
+    with pytest.raises(ValueError, match=r"sparsity must be a number in \[0, 1\)"):
+        bx.leaf_sparsities(shapes, 1.0, "uniform")
+    with pytest.raises(ValueError, match="sparsity of `a`"):
+        bx.leaf_sparsities(shapes, 0.3, {"a": -0.1})
+
+
+def test_polynomial_schedule_boundaries():
+    sch = bx.PolynomialSchedule(start=100, end=1000, every=10)
+    upd = jax.jit(sch.is_update_step)
+    assert not upd(99) and upd(100) and not upd(105) and upd(110) and upd(1000) and not upd(1001) and not upd(1010)
+    s = lambda t: float(sch.sparsity(jnp.asarray(t), 0.9))  # noqa: E731
+    assert s(50) == 0.0 and s(99) == 0.0
+    assert s(100) == pytest.approx(0.9 * (1 - (1 - 1 / 900) ** 3), rel=1e-4)
+    assert s(549) == pytest.approx(0.9 * (1 - 0.5**3))
+    assert s(999) == pytest.approx(0.9) and s(1000) == pytest.approx(0.9) and s(5000) == pytest.approx(0.9)
+
+
+def test_periodic_oneshot_noupdate():
+    per = bx.PeriodicSchedule(every=5, start=10, end=30)
+    assert [int(t) for t in range(40) if per.is_update_step(t)] == [10, 15, 20, 25, 30]
+    assert float(per.sparsity(3, 0.7)) == pytest.approx(0.7)
+    forever = bx.PeriodicSchedule(every=3)
+    assert bool(forever.is_update_step(3000)) and not bool(forever.is_update_step(3001))
+    one = bx.OneShotSchedule(7)
+    assert [t for t in range(20) if one.is_update_step(t)] == [7]
+    assert not any(bool(bx.NoUpdateSchedule().is_update_step(t)) for t in range(5))
+
+
+def test_schedule_errors():
+    with pytest.raises(ValueError, match="every must be >= 1"):
+        bx.PeriodicSchedule(every=0)
+    with pytest.raises(ValueError, match="end > start"):
+        bx.PolynomialSchedule(start=5, end=5)
+    with pytest.raises(ValueError, match=r"end \(3\) must be >= start \(5\)"):
+        bx.PolynomialSchedule(start=5, end=3)
