@@ -21,7 +21,7 @@ from ._masks import (
     topk_mask as topk_mask,
 )
 from ._metrics import mask_intersection as mask_intersection, sparsity_summary as sparsity_summary
-from ._optim import masked_updates as masked_updates, mask_updates as mask_updates
+from ._optim import mask_gradients as mask_gradients, mask_updates as mask_updates, masked_updates as masked_updates
 from ._schedules import (
     AbstractSchedule as AbstractSchedule,
     NoUpdateSchedule as NoUpdateSchedule,

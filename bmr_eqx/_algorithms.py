@@ -134,7 +134,8 @@ class AbstractPruner(eqx.Module):
         """Recompute the masks if the schedule says so at `step`; otherwise return `model` unchanged.
 
         Works inside `eqx.filter_jit` with a traced `step` (the recomputation runs under `lax.cond`).
-        Newly pruned weights are set to exactly 0 in the wrapped model.
+        Only the masks change: the forward pass sees newly pruned weights as exactly 0 at once, and
+        `masked_updates` sets their stored values to exactly 0 at its next step.
 
         **Arguments:**
 
@@ -148,19 +149,18 @@ class AbstractPruner(eqx.Module):
         sparse = find_sparse(model)
         step = jnp.asarray(step)
         do = self.schedule.is_update_step(step)
+        flat_old = _prunable_masks(sparse, sparse.masks)
 
         def recompute():
             masks = self.masks_for(model, lambda t: self.schedule.sparsity(step, t), grads=grads, key=key)
-            return _prunable_arrays(sparse, masks, zero=True)
+            return _prunable_masks(sparse, masks)
 
-        def keep():
-            return _prunable_arrays(sparse, sparse.masks, zero=False)
-
+        # Only the masks go through lax.cond: carrying the weights too costs a copy every step.
         if isinstance(do, jax.core.Tracer):
-            weights, masks = jax.lax.cond(do, recompute, keep)
+            flat_new = jax.lax.cond(do, recompute, lambda: flat_old)
         else:
-            weights, masks = recompute() if bool(do) else keep()
-        return replace_sparse(model, _with_prunable(sparse, weights, masks))
+            flat_new = recompute() if bool(do) else flat_old
+        return replace_sparse(model, _with_masks(sparse, flat_new, zero_weights=False))
 
     def prune(self, model: PyTree, *, grads: PyTree = None, key: PRNGKeyArray | None = None) -> PyTree:
         """One-shot pruning to the final target sparsity, ignoring the schedule.
@@ -178,31 +178,28 @@ class AbstractPruner(eqx.Module):
             model = Sparse(model)
         sparse = find_sparse(model)
         masks = self.masks_for(model, lambda t: t, grads=grads, key=key)
-        weights, masks = _prunable_arrays(sparse, masks, zero=True)
-        return replace_sparse(model, _with_prunable(sparse, weights, masks))
+        return replace_sparse(model, _with_masks(sparse, _prunable_masks(sparse, masks), zero_weights=True))
 
 
-def _prunable_arrays(sparse: Sparse, masks: PyTree, zero: bool) -> tuple[list[Array], list[Array]]:
-    """(weights, masks) of the prunable leaves as flat lists of arrays (what `lax.cond` carries);
-    with `zero`, the weights have their pruned entries set to exactly 0."""
-    weights, out = [], []
-    for w, m in zip(jax.tree.leaves(sparse.model), jax.tree.structure(sparse.model).flatten_up_to(masks)):
-        if m is not None:
-            weights.append(jnp.where(m, w, jnp.zeros((), w.dtype)) if zero else w)
-            out.append(m)
-    return weights, out
+def _prunable_masks(sparse: Sparse, masks: PyTree) -> list[Array]:
+    """The masks of the prunable leaves as a flat list of arrays (what `lax.cond` carries)."""
+    return [m for m in jax.tree.structure(sparse.model).flatten_up_to(masks) if m is not None]
 
 
-def _with_prunable(sparse: Sparse, weights: list[Array], masks: list[Array]) -> Sparse:
+def _with_masks(sparse: Sparse, masks: list[Array], zero_weights: bool) -> Sparse:
+    """`sparse` with the prunable leaves' masks replaced (and, with `zero_weights`, the pruned
+    entries of the wrapped model's weights set to exactly 0)."""
     treedef = jax.tree.structure(sparse.model)
     flat_w = jax.tree.leaves(sparse.model)
     flat_m = treedef.flatten_up_to(sparse.masks)
-    j = 0
+    new = iter(masks)
     for i, m in enumerate(flat_m):
         if m is not None:
-            flat_w[i], flat_m[i] = weights[j], masks[j]
-            j += 1
-    return eqx.tree_at(lambda s: (s.model, s.masks), sparse, (treedef.unflatten(flat_w), treedef.unflatten(flat_m)))
+            flat_m[i] = next(new)
+            if zero_weights:
+                flat_w[i] = jnp.where(flat_m[i], flat_w[i], jnp.zeros((), flat_w[i].dtype))
+    model = treedef.unflatten(flat_w) if zero_weights else sparse.model
+    return eqx.tree_at(lambda s: (s.model, s.masks), sparse, (model, treedef.unflatten(flat_m)))
 
 
 class NoPruning(AbstractPruner):

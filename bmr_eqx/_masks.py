@@ -1,7 +1,8 @@
 """Scores -> masks. The only top-k in the library lives here.
 
 Every function keeps the entries with the *highest* scores. Ties are broken in favour of the lower
-flat (row-major) index, so masks are deterministic. NaN scores count as `-inf` (pruned first).
+flat (row-major) index, so masks are deterministic. NaN scores count as `-inf` (pruned first) and
+-0.0 ties with 0.0.
 """
 
 import abc
@@ -30,7 +31,8 @@ def _sanitize(scores: Array) -> Array:
     scores = jnp.asarray(scores)
     if not jnp.issubdtype(scores.dtype, jnp.floating):
         scores = scores.astype(jnp.float32)
-    return jnp.where(jnp.isnan(scores), -jnp.inf, scores)
+    # NaN ranks lowest; -0.0 ties with +0.0.
+    return jnp.where(jnp.isnan(scores), -jnp.inf, jnp.where(scores == 0, jnp.zeros((), scores.dtype), scores))
 
 
 def _order_key(x: Array) -> Array:
@@ -40,17 +42,36 @@ def _order_key(x: Array) -> Array:
     return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
 
 
-def _kth_largest_key_cpu(keys: Array, k: Array) -> Array:
-    # Binary search on the bits: 32 streaming reductions, no sort (sorting is slow on XLA:CPU).
-    def body(i, ans):
-        cand = ans | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
-        return jnp.where(jnp.sum(keys >= cand) >= k, cand, ans)
+def _keep_top_keys_cpu(keys: Array, k: Array) -> Array:
+    """Keep the `k` largest `keys` (ties: lower index) by binary searches over bits: a few dozen
+    streaming reductions and no sort (XLA:CPU sorts slowly). No cumsum, nested `lax.cond`,
+    data-dependent loop or materialised iota either: inside the pruner's `lax.cond`, each of those
+    slows down every training step on XLA:CPU, even the steps that skip the update."""
 
-    return jax.lax.fori_loop(0, 32, body, jnp.uint32(0))
+    def threshold_bit(i, thr):
+        cand = thr | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+        return jnp.where(jnp.sum(keys >= cand, dtype=jnp.int32) >= k, cand, thr)
+
+    thr = jax.lax.fori_loop(0, 32, threshold_bit, jnp.uint32(0))  # the k-th largest key
+    tied = keys == thr
+    room = k - jnp.sum(keys > thr, dtype=jnp.int32)  # >= 1 tied entries to keep, lowest index first
+    bits = max(1, int(keys.size - 1).bit_length())
+
+    def index_bit(i, last):  # the largest index whose count of tied entries before it is < room
+        cand = last | (jnp.int32(1) << (bits - 1 - i))
+        before = jnp.sum(tied & (jax.lax.iota(jnp.int32, keys.size) < cand), dtype=jnp.int32)
+        return jnp.where(before < room, cand, last)
+
+    last = jax.lax.fori_loop(0, bits, index_bit, jnp.int32(0))
+    return (keys > thr) | (tied & (jax.lax.iota(jnp.int32, keys.size) <= last))
 
 
-def _kth_largest_key_sort(keys: Array, k: Array) -> Array:
-    return jnp.sort(keys)[keys.size - k]
+def _keep_top_keys_sort(keys: Array, k: Array) -> Array:
+    """Keep the `k` largest `keys` (ties: lower index) with one sort and one cumsum (GPU/TPU)."""
+    thr = jnp.sort(keys)[keys.size - k]
+    tied = keys == thr
+    room = k - jnp.sum(keys > thr, dtype=jnp.int32)
+    return (keys > thr) | (tied & (jnp.cumsum(tied, dtype=jnp.int32) <= room))
 
 
 def topk_mask(scores: Float[ArrayLike, "*shape"], sparsity: Sparsity) -> Bool[Array, "*shape"]:
@@ -66,15 +87,9 @@ def topk_mask(scores: Float[ArrayLike, "*shape"], sparsity: Sparsity) -> Bool[Ar
     **Returns:** a bool array of the shape of `scores`, `True` where kept.
     """
     scores = _sanitize(scores)
-    flat = scores.reshape(-1)
-    n = flat.size
-    k = jnp.asarray(keep_count(n, sparsity), jnp.int32)
-    keys = _order_key(flat)
-    thr = jax.lax.platform_dependent(keys, k, cpu=_kth_largest_key_cpu, default=_kth_largest_key_sort)
-    greater = keys > thr
-    tied = keys == thr
-    room = k - jnp.sum(greater, dtype=jnp.int32)
-    keep = greater | (tied & (jnp.cumsum(tied, dtype=jnp.int32) <= room))
+    keys = _order_key(scores.reshape(-1))
+    k = jnp.asarray(keep_count(keys.size, sparsity), jnp.int32)
+    keep = jax.lax.platform_dependent(keys, k, cpu=_keep_top_keys_cpu, default=_keep_top_keys_sort)
     return keep.reshape(scores.shape)
 
 

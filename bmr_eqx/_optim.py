@@ -31,20 +31,38 @@ def mask_tree(params: PyTree) -> PyTree:
     return jax.tree.map(at, params, is_leaf=lambda x: isinstance(x, Sparse))
 
 
+def _select(tree: PyTree, params: PyTree, pruned: Any) -> PyTree:
+    """`tree` with the entries of pruned weights replaced by `pruned(value, weight)`."""
+    return jax.tree.map(
+        lambda u, m, w: u if (u is None or m is None) else jnp.where(m, u, pruned(u, w)),
+        tree,
+        mask_tree(params),
+        params,
+        is_leaf=_is_none,
+    )
+
+
+def mask_gradients(grads: PyTree, params: PyTree) -> PyTree:
+    """`grads` with the entries of pruned weights set to exactly 0.
+
+    **Arguments:**
+
+    - `grads`: a tree shaped like `bmr_eqx.trainable(params)` (None where not trainable).
+    - `params`: the model, masks included.
+    """
+    return _select(grads, params, lambda g, w: jnp.zeros((), g.dtype))
+
+
 def mask_updates(updates: PyTree, params: PyTree) -> PyTree:
-    """`updates` (or gradients) with the entries of pruned weights set to exactly 0.
+    """`updates` such that `eqx.apply_updates(params, updates)` leaves every pruned weight at
+    exactly 0 (its update is `-w`: 0 for a weight already at 0) and moves the others as given.
 
     **Arguments:**
 
     - `updates`: a tree shaped like `bmr_eqx.trainable(params)` (None where not trainable).
     - `params`: the model, masks included.
     """
-    return jax.tree.map(
-        lambda u, m: u if (u is None or m is None) else jnp.where(m, u, jnp.zeros((), u.dtype)),
-        updates,
-        mask_tree(params),
-        is_leaf=_is_none,
-    )
+    return _select(updates, params, lambda u, w: -w)
 
 
 class MaskedUpdatesState(NamedTuple):
@@ -55,19 +73,20 @@ class MaskedUpdatesState(NamedTuple):
 def masked_updates(
     optimizer: optax.GradientTransformation,
     *,
-    mask_gradients: bool = False,
+    zero_gradients: bool = False,
     skip_schedule: AbstractSchedule | None = None,
 ) -> optax.GradientTransformation:
     """Wrap an optax optimizer so pruned weights stay exactly 0.
 
     The wrapped optimizer reads the masks from `params`, which must be the model itself (masks
     included), and passes only `bmr_eqx.trainable(params)` to `optimizer`. Its updates of pruned
-    weights are set to 0, so momentum and weight decay never move a pruned weight.
+    weights bring them to exactly 0 and keep them there, so momentum and weight decay never move
+    a pruned weight (the stored weights of the `Sparse` then equal its masked weights).
 
     **Arguments:**
 
     - `optimizer`: any `optax.GradientTransformation`.
-    - `mask_gradients`: also zero the gradients of pruned weights before `optimizer` sees them
+    - `zero_gradients`: also zero the gradients of pruned weights before `optimizer` sees them
       (they are already 0 for a `Sparse`'s forward pass; this matters for straight-through scores).
     - `skip_schedule`: a schedule (usually `pruner.schedule`); on its update steps the optimizer
       step is skipped (zero updates, state unchanged). Steps are counted from 0 by the wrapper.
@@ -82,8 +101,8 @@ def masked_updates(
     def update_fn(updates: PyTree, state: MaskedUpdatesState, params: PyTree = None) -> tuple[PyTree, MaskedUpdatesState]:
         if params is None:
             raise ValueError("masked_updates reads the masks from params: call update(grads, state, model).")
-        if mask_gradients:
-            updates = mask_updates(updates, params)
+        if zero_gradients:
+            updates = mask_gradients(updates, params)
         train = trainable(params)
 
         def step():
@@ -93,7 +112,7 @@ def masked_updates(
         if skip_schedule is None:
             new, inner = step()
         else:
-            skip = lambda: (jax.tree.map(jnp.zeros_like, updates), state.inner)  # noqa: E731
+            skip = lambda: (mask_updates(jax.tree.map(jnp.zeros_like, updates), params), state.inner)  # noqa: E731
             new, inner = jax.lax.cond(skip_schedule.is_update_step(state.count), skip, step)
         return new, MaskedUpdatesState(inner, state.count + 1)
 

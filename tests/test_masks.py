@@ -57,17 +57,21 @@ def test_topk_ties_keep_lower_index_and_nan_is_pruned():
     np.testing.assert_array_equal(mask, [True, True] + [False] * 6)
 
 
-def test_topk_sort_path_matches_cpu_path():
+@pytest.mark.parametrize("ties", [False, True])
+def test_topk_sort_path_matches_cpu_path(ties):
     # The sort-based selection (used off CPU) must agree with the bit-search one.
-    from bmr_eqx._masks import _kth_largest_key_cpu, _kth_largest_key_sort, _order_key
+    from bmr_eqx._masks import _keep_top_keys_cpu, _keep_top_keys_sort, _order_key
 
-    x = jnp.concatenate([jax.random.normal(jax.random.key(1), (500,)), jnp.array([-0.0, 0.0, jnp.inf, -jnp.inf])])
+    x = jax.random.normal(jax.random.key(1), (500,))
+    x = jnp.round(x) if ties else x
+    x = jnp.concatenate([x, jnp.array([-0.0, 0.0, jnp.inf, -jnp.inf])])
     keys = _order_key(x)
-    for k in [1, 2, 17, 250, 504]:
-        assert _kth_largest_key_cpu(keys, jnp.int32(k)) == _kth_largest_key_sort(keys, jnp.int32(k))
+    for k in [1, 2, 17, 250, 503, 504]:
+        np.testing.assert_array_equal(_keep_top_keys_cpu(keys, jnp.int32(k)), _keep_top_keys_sort(keys, jnp.int32(k)))
     # The key order is the float order.
-    srt = jnp.sort(x)
-    assert (np.diff(np.asarray(_order_key(srt)).astype(np.int64)) >= 0).all()
+    srt = jnp.unique(x[jnp.isfinite(x)])
+    assert (np.diff(np.asarray(_order_key(srt)).astype(np.int64)) > 0).all()
+    np.testing.assert_array_equal(bx.topk_mask(jnp.array([0.0, -0.0, 1.0]), 1 / 3), [True, False, True])
 
 
 @pytest.mark.parametrize("n,m,axis", [(2, 4, -1), (1, 4, 0), (3, 8, 1), (4, 4, -1)])

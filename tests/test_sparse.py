@@ -124,7 +124,7 @@ def test_pruned_weights_stay_zero_after_100_adamw_steps():
 
 def test_masked_updates_skip_and_mask_gradients():
     model = bx.MagnitudePruning(sparsity=0.5).prune(mlp())
-    opt = bx.masked_updates(optax.sgd(1.0), mask_gradients=True, skip_schedule=bx.PeriodicSchedule(every=2))
+    opt = bx.masked_updates(optax.sgd(1.0), zero_gradients=True, skip_schedule=bx.PeriodicSchedule(every=2))
     state = opt.init(model)
     ones = jax.tree.map(jnp.ones_like, bx.trainable(model))
     u0, state = opt.update(ones, state, model)  # count 0: an update step -> skipped
@@ -158,3 +158,20 @@ def test_serialise_round_trip(tmp_path):
     for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(loaded)):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(loaded(jnp.ones(6)), s(jnp.ones(6)))
+
+
+def test_update_then_masked_step_zeroes_stored_weights():
+    model = bx.Sparse(mlp())
+    pruner = bx.MagnitudePruning(sparsity=0.5, schedule=bx.OneShotSchedule(0))
+    model = eqx.filter_jit(pruner.update)(model, jnp.asarray(0))
+    x = jnp.ones(6)
+    np.testing.assert_allclose(model(x), model.masked()(x))  # the forward pass already sees zeros
+    opt = bx.masked_updates(optax.sgd(0.0))
+    grads = eqx.filter_grad(lambda m: jnp.sum(m(x)))(model)
+    updates, _ = opt.update(grads, opt.init(model), model)
+    stepped = eqx.apply_updates(model, updates)
+    for w, m, w0 in zip(stepped.model.layers, model.masks.layers, model.model.layers):
+        np.testing.assert_array_equal(w.weight, jnp.where(m.weight, w0.weight, 0.0))
+    grads0 = bx.mask_gradients(jax.tree.map(jnp.ones_like, bx.trainable(model)), model)
+    for g, m in zip(grads0.model.layers, model.masks.layers):
+        np.testing.assert_array_equal(g.weight, m.weight.astype(jnp.float32))

@@ -1,0 +1,122 @@
+"""Cost of bmr_eqx's pruning machinery next to a dense training step, measured side by side.
+
+For tanh MLPs trained with adam at 90% uniform magnitude sparsity it prints, per model size:
+
+* steady-state masked step / dense step (a `Sparse` model, `masked_updates`, and a
+  `pruner.update` whose schedule does not fire that step);
+* mask-update step / dense step (the same step where the schedule fires: scores, top-k, new masks);
+* the time of one unstructured top-k mask over N scores.
+
+    python benchmarks/bench_pruning.py                 # sizes chosen for the backend
+    python benchmarks/bench_pruning.py --layers 1024x4 --topk 1e6
+"""
+
+import argparse
+import statistics
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+
+import bmr_eqx as bx
+
+
+def timeit(fns, reps):
+    """Median seconds of each function, measured round-robin so that noise hits all alike."""
+    for fn in fns.values():
+        jax.block_until_ready(fn())
+        jax.block_until_ready(fn())
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - t0)
+    return {name: min(ts) for name, ts in times.items()}
+
+
+def make_steps(width, depth, batch):
+    key = jax.random.key(0)
+    dense = eqx.nn.MLP(width, width, width, depth - 1, activation=jnp.tanh, key=key)
+    x = jax.random.normal(jax.random.key(1), (batch, width))
+    y = jax.random.normal(jax.random.key(2), (batch, width))
+    opt = optax.adam(1e-4)
+
+    def loss(m):
+        return jnp.mean((jax.vmap(m)(x) - y) ** 2)
+
+    @eqx.filter_jit(donate="all")
+    def dense_step(m, s, i):
+        g = eqx.filter_grad(loss)(m)
+        u, s = opt.update(g, s, m)
+        return eqx.apply_updates(m, u), s, i + 1
+
+    masked_opt = bx.masked_updates(opt)
+
+    def sparse_step_for(pruner):
+        @eqx.filter_jit(donate="all")
+        def step(m, s, i):
+            g = eqx.filter_grad(loss)(m)
+            u, s = masked_opt.update(g, s, m)
+            m = pruner.update(eqx.apply_updates(m, u), i, grads=g)
+            return m, s, i + 1
+
+        return step
+
+    steady = bx.MagnitudePruning(sparsity=0.9, schedule=bx.PeriodicSchedule(every=10**9, start=10**9))
+    every = bx.MagnitudePruning(sparsity=0.9, schedule=bx.PeriodicSchedule(every=1))
+    sparse = bx.MagnitudePruning(sparsity=0.9).prune(dense)
+    n_params = sum(l.weight.size + l.bias.size for l in dense.layers)
+    return dict(
+        n_params=n_params,
+        dense=(dense_step, dense, opt.init(eqx.filter(dense, eqx.is_inexact_array))),
+        steady=(sparse_step_for(steady), sparse, masked_opt.init(sparse)),
+        update=(sparse_step_for(every), sparse, masked_opt.init(sparse)),
+    )
+
+
+def run_steps(step, model, state, n):
+    def go():
+        nonlocal model, state
+        i = jnp.asarray(0)
+        for _ in range(n):
+            model, state, i = step(model, state, i)
+        return jax.tree.leaves(model)[0]
+
+    return go
+
+
+def main():
+    gpu = jax.default_backend() != "cpu"
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", nargs="*", default=["1024x4", "4096x4", "4096x8"] if gpu else ["1024x2", "1024x4"],
+                        help="WIDTHxDEPTH of the MLPs (DEPTH linear layers of WIDTH x WIDTH)")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=10, help="steps per timing")
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--topk", nargs="*", type=float, default=[1e6, 1e8] if gpu else [1e6, 1e7])
+    args = parser.parse_args()
+    print(f"backend: {jax.default_backend()}  device: {jax.devices()[0].device_kind}  jax {jax.__version__}")
+    print(f"{'params':>10} {'dense ms':>9} {'steady ms':>10} {'update ms':>10} {'steady/dense':>13} {'update/dense':>13}")
+    for spec in args.layers:
+        width, depth = (int(v) for v in spec.split("x"))
+        cfg = make_steps(width, depth, args.batch)
+        runners = {}
+        for name in ("dense", "steady", "update"):
+            step, model, state = cfg[name]
+            model = jax.tree.map(lambda a: a.copy() if eqx.is_array(a) else a, model)
+            runners[name] = run_steps(step, model, state, args.steps)
+        t = {k: v / args.steps for k, v in timeit(runners, args.reps).items()}
+        print(f"{cfg['n_params'] / 1e6:>9.1f}M {t['dense'] * 1e3:>9.2f} {t['steady'] * 1e3:>10.2f} {t['update'] * 1e3:>10.2f}"
+              f" {t['steady'] / t['dense']:>13.3f} {t['update'] / t['dense']:>13.3f}")
+    topk = jax.jit(bx.topk_mask)
+    for n in args.topk:
+        scores = jax.random.normal(jax.random.key(0), (int(n),))
+        ms = timeit({"topk": lambda: topk(scores, jnp.float32(0.9))}, args.reps)["topk"] * 1e3
+        print(f"top-k mask over {int(n):,} scores: {ms:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
