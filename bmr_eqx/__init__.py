@@ -33,3 +33,14 @@ from ._sparse import Sparse as Sparse
 from ._trainable import trainable as trainable
 
 __version__ = "0.1.0"
+from ._bmr import (
+    delta_f_gaussian as delta_f_gaussian,
+    delta_f_spike as delta_f_spike,
+    group_delta_f as group_delta_f,
+    posterior_delta_f as posterior_delta_f,
+    reduced_posterior as reduced_posterior,
+    spike_and_slab_mask as spike_and_slab_mask,
+    spike_and_slab_threshold as spike_and_slab_threshold,
+)
+from ._ivon import IVONState as IVONState, ivon as ivon, noisy_value_and_grad as noisy_value_and_grad
+from ._posterior import Posterior as Posterior

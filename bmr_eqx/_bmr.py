@@ -1,0 +1,122 @@
+"""Bayesian model reduction for mean-field Gaussian posteriors (BMR.md §2).
+
+Sign convention: `ΔF = ln p̃(y) − ln p(y)` (reduced minus full). `ΔF > 0` means the reduced model
+(the weight switched off, or shrunk) has more evidence: prune it.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import digamma
+from jaxtyping import Array, ArrayLike, Bool, Float
+
+from ._posterior import Posterior, check_prior
+from ._select import PyTree
+
+Scalar = float | Float[ArrayLike, ""]
+
+
+def _check_reduced(ess: float, weight_decay: float, reduced_precision: Any) -> None:
+    check_prior(ess, weight_decay)
+    if isinstance(reduced_precision, (int, float)) and reduced_precision < ess * weight_decay:
+        raise ValueError(
+            f"reduced_precision ({reduced_precision}) must be >= the prior precision ess·weight_decay "
+            f"({ess * weight_decay}): a reduced prior is tighter than the full one."
+        )
+
+
+def delta_f_spike(
+    mean: Float[ArrayLike, "*shape"], hess: Float[ArrayLike, "*shape"], ess: float, weight_decay: float
+) -> Float[Array, "*shape"]:
+    """ΔF of switching each weight off (a spike at 0 as the reduced prior):
+    `½·log1p(h/δ) − ½·λ·(h + δ)·μ²`, a Savage–Dickey ratio. Elementwise; finite for `h = 0`.
+
+    **Arguments:** `mean` μ and `hess` h (IVON's curvature, ≥ 0) of the posterior; `ess` λ > 0 and
+    `weight_decay` δ > 0 of its prior.
+    """
+    check_prior(ess, weight_decay)
+    mean, hess = jnp.asarray(mean), jnp.maximum(jnp.asarray(hess), 0)
+    return 0.5 * jnp.log1p(hess / weight_decay) - 0.5 * ess * (hess + weight_decay) * mean**2
+
+
+def delta_f_gaussian(
+    mean: Float[ArrayLike, "*shape"],
+    hess: Float[ArrayLike, "*shape"],
+    ess: float,
+    weight_decay: float,
+    reduced_precision: Scalar,
+) -> Float[Array, "*shape"]:
+    """ΔF of shrinking each weight's prior to `N(0, 1/π_r)` (π_r ≥ the prior precision λδ):
+    `½·ln(π·π_r/(π0·π̃)) − ½·π·μ² + ½·π̃·μ̃²` with `π = λ(h + δ)`, `π0 = λδ`, `π̃ = π + π_r − π0`.
+    As π_r → ∞ it tends to `delta_f_spike` (use that for the spike itself)."""
+    _check_reduced(ess, weight_decay, reduced_precision)
+    mean, hess = jnp.asarray(mean), jnp.maximum(jnp.asarray(hess), 0)
+    prec = ess * (hess + weight_decay)
+    prior = ess * weight_decay
+    extra = reduced_precision - prior
+    reduced = prec + extra
+    # ln(π/π0) + ln(π_r/π̃), and −½πμ² + ½π̃μ̃² = −½·π·μ²·(π_r − π0)/π̃.
+    log_ratio = jnp.log1p(hess / weight_decay) + jnp.log(reduced_precision / reduced)
+    return 0.5 * log_ratio - 0.5 * prec * mean**2 * extra / reduced
+
+
+def reduced_posterior(
+    mean: Float[ArrayLike, "*shape"],
+    hess: Float[ArrayLike, "*shape"],
+    ess: float,
+    weight_decay: float,
+    reduced_precision: Scalar,
+) -> tuple[Float[Array, "*shape"], Float[Array, "*shape"]]:
+    """The posterior under the reduced prior `N(0, 1/π_r)`, in IVON terms:
+    `h̃ = h + (π_r − λδ)/λ` and `μ̃ = μ·(h + δ)/(h̃ + δ)`. Returns `(μ̃, h̃)`."""
+    _check_reduced(ess, weight_decay, reduced_precision)
+    mean, hess = jnp.asarray(mean), jnp.asarray(hess)
+    new_hess = hess + (reduced_precision - ess * weight_decay) / ess
+    return mean * (hess + weight_decay) / (new_hess + weight_decay), new_hess
+
+
+def group_delta_f(
+    delta_f: Float[ArrayLike, "*shape"], axis: int = 0, bias_delta_f: Float[ArrayLike, " group"] | None = None
+) -> Float[Array, " group"]:
+    """ΔF of removing whole groups (neurons, channels, filters): the sum of the members' ΔF along
+    every axis but `axis` (mean-field posteriors make group ΔF additive), plus the bias's ΔF of each
+    group if given. For an `eqx.nn.Linear` weight (out, in), `axis=0` gives one ΔF per output neuron."""
+    delta_f = jnp.asarray(delta_f)
+    axis = axis % delta_f.ndim
+    total = jnp.sum(delta_f, axis=tuple(a for a in range(delta_f.ndim) if a != axis))
+    if bias_delta_f is not None:
+        total = total + jnp.asarray(bias_delta_f).reshape(total.shape)
+    return total
+
+
+def spike_and_slab_threshold(delta_f: Float[ArrayLike, "*shape"], num_iters: int = 20) -> Float[Array, ""]:
+    """The evidence threshold ζ of a spike-and-slab prior with a fitted inclusion rate (BMR.md §2,
+    after Marković et al.): from ζ = 0 repeat `q = sigmoid(ζ − ΔF)`, `α = 1 + Σq`,
+    `β = 1 + Σ(1 − q)`, `ζ = ψ(α) − ψ(β)`. Keep a weight iff `ΔF ≤ ζ`."""
+    delta_f = jnp.asarray(delta_f)
+
+    def body(_: Any, zeta: Array) -> Array:
+        q = jax.nn.sigmoid(zeta - delta_f)
+        a = 1.0 + jnp.sum(q)
+        b = 1.0 + jnp.sum(1.0 - q)
+        return digamma(a) - digamma(b)
+
+    return jax.lax.fori_loop(0, num_iters, body, jnp.zeros((), delta_f.dtype))
+
+
+def spike_and_slab_mask(delta_f: Float[ArrayLike, "*shape"], num_iters: int = 20) -> Bool[Array, "*shape"]:
+    """Keep mask of the spike-and-slab fixed point: `ΔF ≤ spike_and_slab_threshold(ΔF)`."""
+    delta_f = jnp.asarray(delta_f)
+    return delta_f <= spike_and_slab_threshold(delta_f, num_iters)
+
+
+def posterior_delta_f(posterior: Posterior) -> PyTree:
+    """Spike ΔF of every trainable weight of `posterior`, shaped like `posterior.hess`."""
+    from ._trainable import trainable
+
+    return jax.tree.map(
+        lambda m, h: delta_f_spike(m, h, posterior.ess, posterior.weight_decay),
+        trainable(posterior.mean),
+        posterior.hess,
+    )

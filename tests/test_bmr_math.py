@@ -1,0 +1,132 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import bmr_eqx as bx
+
+
+def log_normal_pdf(y, cov):
+    sign, logdet = np.linalg.slogdet(2 * np.pi * cov)
+    return -0.5 * (logdet + y @ np.linalg.solve(cov, y))
+
+
+@pytest.fixture
+def conjugate():
+    # y_i ~ N(θ, 1), i = 1..20, prior N(0, 1): posterior precision 21 = λ(h + δ), prior λδ = 1.
+    y = np.random.default_rng(0).normal(0.4, 1.0, 20)
+    ess, delta, h = 20.0, 0.05, 1.0
+    mu = y.sum() / 21.0
+    return y, ess, delta, h, mu
+
+
+def test_conjugate_spike_exact(conjugate):
+    y, ess, delta, h, mu = conjugate
+    ones = np.ones((20, 20))
+    exact = log_normal_pdf(y, np.eye(20)) - log_normal_pdf(y, np.eye(20) + ones)
+    with jax.enable_x64(True):
+        got = float(bx.delta_f_spike(jnp.float64(mu), jnp.float64(h), ess, delta))
+    assert got == pytest.approx(exact, abs=1e-10)
+
+
+@pytest.mark.parametrize("sr2", [0.5, 0.1, 1e-3])
+def test_conjugate_gaussian_reduced_prior_exact(conjugate, sr2):
+    y, ess, delta, h, mu = conjugate
+    ones = np.ones((20, 20))
+    exact = log_normal_pdf(y, np.eye(20) + sr2 * ones) - log_normal_pdf(y, np.eye(20) + ones)
+    with jax.enable_x64(True):
+        got = float(bx.delta_f_gaussian(jnp.float64(mu), jnp.float64(h), ess, delta, 1.0 / sr2))
+        # The reduced posterior is the exact posterior under the reduced prior: precision 20 + 1/sr2.
+        m_r, h_r = bx.reduced_posterior(jnp.float64(mu), jnp.float64(h), ess, delta, 1.0 / sr2)
+        m_r, h_r = float(m_r), float(h_r)
+    assert got == pytest.approx(exact, abs=1e-10)
+    assert ess * (h_r + delta) == pytest.approx(20 + 1 / sr2, rel=1e-12)
+    assert m_r == pytest.approx(y.sum() / (20 + 1 / sr2), rel=1e-12)
+
+
+def quadrature_delta_f(mu, prec, prior_prec, reduced_prec):
+    theta = np.linspace(mu - 12 / np.sqrt(prec), mu + 12 / np.sqrt(prec), 200_001)
+    logq = -0.5 * prec * (theta - mu) ** 2 + 0.5 * np.log(prec / (2 * np.pi))
+    log_ratio = 0.5 * np.log(reduced_prec / prior_prec) - 0.5 * (reduced_prec - prior_prec) * theta**2
+    return np.log(np.trapezoid(np.exp(logq + log_ratio), theta))
+
+
+@pytest.mark.parametrize("mu,h,reduced", [(0.3, 2.0, 50.0), (-0.05, 0.2, 1e3), (1.0, 5.0, 11.0)])
+def test_gaussian_against_quadrature(mu, h, reduced):
+    ess, delta = 10.0, 0.1
+    with jax.enable_x64(True):
+        got = float(bx.delta_f_gaussian(jnp.float64(mu), jnp.float64(h), ess, delta, reduced))
+    assert got == pytest.approx(quadrature_delta_f(mu, ess * (h + delta), ess * delta, reduced), abs=1e-7)
+
+
+def test_spike_is_the_limit_of_the_gaussian():
+    ess, delta = 1000.0, 1e-2
+    mu, h = jnp.array([0.01, -0.2, 0.0]), jnp.array([0.5, 3.0, 0.0])
+    with jax.enable_x64(True):
+        spike = np.asarray(bx.delta_f_spike(mu.astype(jnp.float64), h.astype(jnp.float64), ess, delta))
+        near = np.asarray(bx.delta_f_gaussian(mu.astype(jnp.float64), h.astype(jnp.float64), ess, delta, 1e12))
+    np.testing.assert_allclose(near, spike, atol=1e-6)
+
+
+def test_mean_field_group_is_the_sum_2d_quadrature():
+    ess, delta = 5.0, 0.2
+    mus, hs = np.array([0.3, -0.1]), np.array([1.0, 0.4])
+    prec = ess * (hs + delta)
+    prior, reduced = ess * delta, 40.0
+    grid = [np.linspace(m - 10 / np.sqrt(p), m + 10 / np.sqrt(p), 2001) for m, p in zip(mus, prec)]
+    t1, t2 = np.meshgrid(*grid, indexing="ij")
+    logq = sum(-0.5 * p * (t - m) ** 2 + 0.5 * np.log(p / (2 * np.pi)) for t, m, p in zip((t1, t2), mus, prec))
+    log_ratio = sum(0.5 * np.log(reduced / prior) - 0.5 * (reduced - prior) * t**2 for t in (t1, t2))
+    joint = np.log(np.trapezoid(np.trapezoid(np.exp(logq + log_ratio), grid[1], axis=1), grid[0]))
+    with jax.enable_x64(True):
+        per = bx.delta_f_gaussian(jnp.asarray(mus), jnp.asarray(hs), ess, delta, reduced)
+        group = float(bx.group_delta_f(per[None, :], axis=0)[0])
+    assert group == pytest.approx(joint, abs=1e-6)
+
+
+def test_worked_values():
+    got = bx.delta_f_spike(jnp.array([0.03, 0.005]), jnp.array([0.1, 0.01]), 60_000.0, 1e-3)
+    assert float(got[0]) == pytest.approx(-0.41944, abs=1e-5)
+    assert float(got[1]) == pytest.approx(1.190698, abs=1e-5)
+
+
+def test_prune_iff_snr_below_bar():
+    ess, delta = 1000.0, 1e-2
+    mu = jnp.linspace(-0.2, 0.2, 101)
+    h = jnp.full_like(mu, 2.0)
+    df = bx.delta_f_spike(mu, h, ess, delta)
+    snr = jnp.abs(mu) * jnp.sqrt(ess * (h + delta))
+    bar = jnp.sqrt(jnp.log1p(h / delta))
+    np.testing.assert_array_equal(df > 0, snr < bar)
+
+
+def test_no_nan_for_zero_curvature_and_bad_prior_rejected():
+    assert bool(jnp.all(jnp.isfinite(bx.delta_f_spike(jnp.zeros(3), jnp.zeros(3), 10.0, 1e-3))))
+    assert bool(jnp.all(jnp.isfinite(bx.delta_f_gaussian(jnp.zeros(3), jnp.zeros(3), 10.0, 1e-3, 1e3))))
+    with pytest.raises(ValueError, match="weight_decay must be a number > 0"):
+        bx.delta_f_spike(jnp.zeros(3), jnp.ones(3), 10.0, 0.0)
+    with pytest.raises(ValueError, match="ess must be a number > 0"):
+        bx.delta_f_spike(jnp.zeros(3), jnp.ones(3), -1.0, 1e-3)
+    with pytest.raises(ValueError, match="reduced_precision"):
+        bx.delta_f_gaussian(jnp.zeros(3), jnp.ones(3), 10.0, 1.0, 5.0)
+
+
+def test_group_delta_f_with_bias():
+    df = jnp.arange(12.0).reshape(3, 4)
+    np.testing.assert_allclose(bx.group_delta_f(df, 0, jnp.array([1.0, 2.0, 3.0])), [7.0, 24.0, 41.0])
+    np.testing.assert_allclose(bx.group_delta_f(df, 1), df.sum(0))
+
+
+def test_spike_and_slab():
+    # Clearly separated: 30 weights strongly kept (ΔF = −40), 70 clearly prunable (ΔF = +3).
+    df = jnp.concatenate([jnp.full(30, -40.0), jnp.full(70, 3.0)])
+    keep = bx.spike_and_slab_mask(df)
+    assert int(keep.sum()) == 30 and bool(keep[:30].all())
+    # The fixed point is consistent: ζ = ψ(α) − ψ(β) with q from ζ itself.
+    zeta = bx.spike_and_slab_threshold(df, num_iters=200)
+    q = jax.nn.sigmoid(zeta - df)
+    from jax.scipy.special import digamma
+
+    assert float(zeta) == pytest.approx(float(digamma(1 + q.sum()) - digamma(1 + (1 - q).sum())), abs=1e-5)
+    # With every ΔF negative and large, everything is kept.
+    assert bool(bx.spike_and_slab_mask(jnp.full(10, -50.0)).all())
