@@ -53,7 +53,7 @@ class AbstractPruner(eqx.Module):
     - `normalize`: divide each leaf's scores by their L2 norm before a global ranking.
     """
 
-    sparsity: float | None = None
+    sparsity: float | int | None = None
     distribution: Distribution = eqx.field(default="uniform", converter=_freeze)
     sparsity_type: AbstractSparsityType = eqx.field(default="unstructured", converter=as_sparsity_type)
     schedule: AbstractSchedule = OneShotSchedule(0)
@@ -205,7 +205,7 @@ def _with_masks(sparse: Sparse, masks: list[Array], zero_weights: bool) -> Spars
 class NoPruning(AbstractPruner):
     """The dense baseline: masks stay all-ones (same interface as every pruner)."""
 
-    sparsity: float | None = 0.0
+    sparsity: float | int | None = 0.0
     schedule: AbstractSchedule = NoUpdateSchedule()
 
     def score(self, weight: Array, grad: Array | None, key: PRNGKeyArray | None) -> Array:

@@ -14,10 +14,10 @@ from jaxtyping import Array, ArrayLike, Bool, Float
 from ._posterior import Posterior, check_prior
 from ._select import PyTree
 
-Scalar = float | Float[ArrayLike, ""]
+Scalar = float | int | Float[ArrayLike, ""]
 
 
-def _check_reduced(ess: float, weight_decay: float, reduced_precision: Any) -> None:
+def _check_reduced(ess: float | int, weight_decay: float | int, reduced_precision: Any) -> None:
     check_prior(ess, weight_decay)
     if isinstance(reduced_precision, (int, float)) and reduced_precision < ess * weight_decay:
         raise ValueError(
@@ -27,7 +27,7 @@ def _check_reduced(ess: float, weight_decay: float, reduced_precision: Any) -> N
 
 
 def delta_f_spike(
-    mean: Float[ArrayLike, "*shape"], hess: Float[ArrayLike, "*shape"], ess: float, weight_decay: float
+    mean: Float[ArrayLike, "*shape"], hess: Float[ArrayLike, "*shape"], ess: float | int, weight_decay: float | int
 ) -> Float[Array, "*shape"]:
     """ΔF of switching each weight off (a spike at 0 as the reduced prior):
     `½·log1p(h/δ) − ½·λ·(h + δ)·μ²`, a Savage–Dickey ratio. Elementwise; finite for `h = 0`.
@@ -43,8 +43,8 @@ def delta_f_spike(
 def delta_f_gaussian(
     mean: Float[ArrayLike, "*shape"],
     hess: Float[ArrayLike, "*shape"],
-    ess: float,
-    weight_decay: float,
+    ess: float | int,
+    weight_decay: float | int,
     reduced_precision: Scalar,
 ) -> Float[Array, "*shape"]:
     """ΔF of shrinking each weight's prior to `N(0, 1/π_r)` (π_r ≥ the prior precision λδ):
@@ -64,8 +64,8 @@ def delta_f_gaussian(
 def reduced_posterior(
     mean: Float[ArrayLike, "*shape"],
     hess: Float[ArrayLike, "*shape"],
-    ess: float,
-    weight_decay: float,
+    ess: float | int,
+    weight_decay: float | int,
     reduced_precision: Scalar,
 ) -> tuple[Float[Array, "*shape"], Float[Array, "*shape"]]:
     """The posterior under the reduced prior `N(0, 1/π_r)`, in IVON terms:

@@ -33,7 +33,8 @@ def noisy_value_and_grad(loss_fn: Callable[..., Array], *, mc_samples: int = 1) 
 
     - `loss_fn`: `loss_fn(model, *args) -> scalar`, the same function one would give to
       `eqx.filter_value_and_grad`.
-    - `mc_samples`: the number S of sampled models per step (unrolled).
+    - `mc_samples`: the number S of sampled models per step (unrolled). With S = 1 the noise is
+      `posterior.noise(key)`; otherwise `posterior.noise(k)` for `k in jax.random.split(key, S)`.
     """
     if not isinstance(mc_samples, int) or mc_samples < 1:
         raise ValueError(f"mc_samples must be an integer >= 1, got {mc_samples!r}.")
@@ -44,7 +45,8 @@ def noisy_value_and_grad(loss_fn: Callable[..., Array], *, mc_samples: int = 1) 
             raise TypeError(f"noisy_value_and_grad needs a bmr_eqx.Posterior, got {type(posterior).__name__}.")
         sigma = posterior.std()
         loss, g_sum, h_sum = 0.0, None, None
-        for k in jax.random.split(key, mc_samples):
+        keys = [key] if mc_samples == 1 else list(jax.random.split(key, mc_samples))
+        for k in keys:
             eps = posterior.noise(k)
             value, g = value_and_grad(posterior.perturbed(eps), *args, **kwargs)
             g = eqx.filter(g, eqx.is_inexact_array)
@@ -113,11 +115,11 @@ def ivon(
             )
         return params
 
-    def init_fn(params: Posterior) -> IVONState:
+    def init_fn(params: PyTree) -> IVONState:
         post = check(params)
         return IVONState(jax.tree.map(jnp.zeros_like, trainable(post.mean)), jnp.zeros((), jnp.int32))
 
-    def update_fn(grads: Posterior, state: IVONState, params: Posterior = None) -> tuple[Posterior, IVONState]:
+    def update_fn(grads: PyTree, state: IVONState, params: PyTree = None) -> tuple[Posterior, IVONState]:
         post = check(params)
         if not isinstance(grads, Posterior):
             raise TypeError("ivon needs grads with the Posterior structure: use bmr_eqx.noisy_value_and_grad.")

@@ -17,7 +17,7 @@ def _is_none(x: Any) -> bool:
     return x is None
 
 
-def check_prior(ess: float, weight_decay: float) -> None:
+def check_prior(ess: float | int, weight_decay: float | int) -> None:
     """Reject an effective sample size or weight decay (prior precision per example) that is not > 0."""
     for name, value in (("ess", ess), ("weight_decay", weight_decay)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -51,7 +51,9 @@ class Posterior(eqx.Module):
     hess_init: float = eqx.field(static=True)
     statistics_fields: ClassVar[tuple[str, ...]] = ("hess",)
 
-    def __init__(self, mean: PyTree, *, ess: float, weight_decay: float = 1e-4, hess_init: float = 1.0, hess: PyTree = None):
+    def __init__(
+        self, mean: PyTree, *, ess: float | int, weight_decay: float | int = 1e-4, hess_init: float | int = 1.0, hess: PyTree = None
+    ):
         check_prior(ess, weight_decay)
         if isinstance(hess_init, bool) or not isinstance(hess_init, (int, float)) or hess_init < 0:
             raise ValueError(f"hess_init must be a number >= 0, got {hess_init!r}.")

@@ -1,0 +1,130 @@
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import bmr_eqx as bx
+
+
+class Quad(eqx.Module):
+    w: jax.Array
+
+    def __call__(self):
+        return self.w
+
+
+TARGET = np.array([[0.5, -1.0, 2.0], [0.0, 0.3, -0.7]], np.float32)
+
+
+def quad_loss(model):
+    return 0.5 * jnp.sum((model() - TARGET) ** 2)
+
+
+def make(masked=False):
+    w = jnp.array([[0.1, 0.2, -0.3], [0.4, -0.5, 0.6]])
+    sparse = bx.Sparse(Quad(w))
+    if masked:
+        sparse = eqx.tree_at(lambda s: s.masks.w, sparse, jnp.array([[True, False, True], [True, True, False]]))
+    return bx.Posterior(sparse, ess=50.0, weight_decay=0.1, hess_init=0.5)
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+def test_ivon_matches_numpy_rederivation_for_two_steps(rescale):
+    lr, b1, b2 = 0.05, 0.9, 0.99
+    post = make()
+    opt = bx.ivon(lr, b1=b1, b2=b2, rescale_lr=rescale, clip_radius=1.0)
+    state = opt.init(post)
+    vg = bx.noisy_value_and_grad(quad_loss)
+    m = np.asarray(post.mean.model.w, np.float64)
+    h = np.full_like(m, 0.5)
+    g = np.zeros_like(m)
+    lam, delta = 50.0, 0.1
+    alpha = lr * (0.5 + delta) if rescale else lr
+    for t, key in enumerate(jax.random.split(jax.random.key(0), 2), start=1):
+        eps = np.asarray(post.noise(key).model.w, np.float64)  # the same draws the step uses
+        loss, grads = vg(post, key)
+        updates, state = opt.update(grads, state, post)
+        post = eqx.apply_updates(post, updates)
+        # NumPy re-derivation of BMR.md §1.
+        sigma = 1 / np.sqrt(lam * (h + delta))
+        theta = m + sigma * eps
+        ghat = theta - TARGET
+        hhat = ghat * eps / sigma
+        assert float(loss) == pytest.approx(0.5 * np.sum((theta - TARGET) ** 2), rel=1e-5)
+        np.testing.assert_allclose(grads.mean.model.w, ghat, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(grads.hess.model.w, hhat, rtol=1e-4, atol=1e-5)
+        g = b1 * g + (1 - b1) * ghat
+        h = b2 * h + (1 - b2) * hhat + 0.5 * (1 - b2) ** 2 * (h - hhat) ** 2 / (h + delta)
+        gbar = g / (1 - b1**t)
+        m = m - alpha * np.clip((gbar + delta * m) / (h + delta), -1.0, 1.0)
+        np.testing.assert_allclose(post.hess.model.w, h, rtol=1e-5)
+        np.testing.assert_allclose(post.mean.model.w, m, rtol=1e-5, atol=1e-6)
+    assert int(state.count) == 2
+
+
+def test_hess_stays_positive_and_masked_weights_stay_zero():
+    post = make(masked=True)
+    mask = post.mean.masks.w
+    opt = bx.ivon(0.5, b2=0.9)  # a fast curvature average: large negative ĥ would break a plain average
+
+    @eqx.filter_jit
+    def step(post, state, key):
+        loss, grads = bx.noisy_value_and_grad(lambda m: jnp.sum(jnp.sin(5 * m()) ** 2), mc_samples=2)(post, key)
+        updates, state = opt.update(grads, state, post)
+        return eqx.apply_updates(post, updates), state, grads
+
+    state = opt.init(post)
+    for i in range(100):
+        post, state, grads = step(post, state, jax.random.key(i))
+        assert bool(jnp.all(post.hess.model.w > 0))
+        assert bool(jnp.all(jnp.where(mask, 0.0, grads.mean.model.w) == 0))  # pruned: zero gradient
+        assert bool(jnp.all(jnp.where(mask, 0.0, grads.hess.model.w) == 0))
+        assert bool(jnp.all(jnp.where(mask, 0.0, post.mean.model.w) == 0))  # zeroed and kept at 0
+
+
+def test_sampling_respects_masks_and_matches_sigma():
+    post = make(masked=True)
+    mask = post.mean.masks.w
+    draws = jnp.stack([post.sample(k).masked().w for k in jax.random.split(jax.random.key(1), 4000)])
+    assert bool(jnp.all(jnp.where(mask, 0.0, draws) == 0.0))
+    stored = jnp.stack([post.sample(k).model.w for k in jax.random.split(jax.random.key(2), 10)])
+    assert bool(jnp.all(jnp.where(mask, 0.0, stored) == 0.0))  # never sampled away from 0, even raw
+    sigma = post.std().model.w
+    np.testing.assert_allclose(jnp.where(mask, draws.std(0), 0), jnp.where(mask, sigma, 0), rtol=0.06)
+    np.testing.assert_allclose(jnp.where(mask, draws.mean(0), 0), jnp.where(mask, post.mean.model.w, 0), atol=0.02)
+    np.testing.assert_allclose(post.precision().model.w, 50.0 * (0.5 + 0.1))
+
+
+def test_predict_averages_sampled_outputs():
+    post = make()
+    key = jax.random.key(3)
+    got = post.predict(lambda m: m.masked().w ** 2, key, num_samples=5)
+    keys = jax.random.split(key, 5)
+    expected = jnp.mean(jnp.stack([post.sample(k).masked().w ** 2 for k in keys]), 0)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_trainable_and_adam_leave_hess_alone():
+    post = make()
+    t = bx.trainable(post)
+    assert jax.tree.leaves(t.hess) == [] and len(jax.tree.leaves(t.mean)) == 1
+    opt = optax.adam(0.1)
+    state = opt.init(bx.trainable(post))
+    grads = eqx.filter_grad(lambda p: quad_loss(p.mean))(post)
+    assert jax.tree.leaves(bx.trainable(grads).hess) == []
+    updates, _ = opt.update(bx.trainable(grads), state, bx.trainable(post))
+    new = eqx.apply_updates(post, updates)
+    np.testing.assert_array_equal(new.hess.model.w, post.hess.model.w)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="weight_decay must be a number > 0"):
+        bx.Posterior(bx.Sparse(Quad(jnp.ones((2, 2)))), ess=10, weight_decay=0.0)
+    with pytest.raises(ValueError, match="ess must be a number > 0"):
+        bx.Posterior(bx.Sparse(Quad(jnp.ones((2, 2)))), ess=0)
+    with pytest.raises(TypeError, match="ivon updates a bmr_eqx.Posterior"):
+        bx.ivon(0.1).init(Quad(jnp.ones(2)))
+    with pytest.raises(ValueError, match="mc_samples"):
+        bx.noisy_value_and_grad(quad_loss, mc_samples=0)
