@@ -2,6 +2,14 @@
 
 from ._algorithms import (
     AbstractPruner as AbstractPruner,
+    AdaptiveBMR as AdaptiveBMR,
+    BayesianGlobalPruning as BayesianGlobalPruning,
+    BMRPruning as BMRPruning,
+    GlobalBMRPruning as GlobalBMRPruning,
+    Leaf as Leaf,
+    PosteriorVariancePruning as PosteriorVariancePruning,
+    SteBMRPruning as SteBMRPruning,
+    UncertaintyMagnitudePruning as UncertaintyMagnitudePruning,
     GlobalMagnitudePruning as GlobalMagnitudePruning,
     GlobalSaliencyPruning as GlobalSaliencyPruning,
     MagnitudePruning as MagnitudePruning,
@@ -15,12 +23,20 @@ from ._masks import (
     Block as Block,
     Channel as Channel,
     NByM as NByM,
+    Threshold as Threshold,
     Unstructured as Unstructured,
     global_topk_masks as global_topk_masks,
     threshold_mask as threshold_mask,
     topk_mask as topk_mask,
 )
-from ._metrics import mask_intersection as mask_intersection, sparsity_summary as sparsity_summary
+from ._metrics import (
+    accuracy as accuracy,
+    classification_metrics as classification_metrics,
+    expected_calibration_error as expected_calibration_error,
+    mask_intersection as mask_intersection,
+    nll as nll,
+    sparsity_summary as sparsity_summary,
+)
 from ._optim import mask_gradients as mask_gradients, mask_updates as mask_updates, masked_updates as masked_updates
 from ._schedules import (
     AbstractSchedule as AbstractSchedule,
@@ -41,6 +57,7 @@ from ._bmr import (
     reduced_posterior as reduced_posterior,
     spike_and_slab_mask as spike_and_slab_mask,
     spike_and_slab_threshold as spike_and_slab_threshold,
+    SpikeAndSlab as SpikeAndSlab,
 )
 from ._ivon import IVONState as IVONState, ivon as ivon, noisy_value_and_grad as noisy_value_and_grad
 from ._posterior import Posterior as Posterior

@@ -2,7 +2,7 @@
 
 import abc
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import equinox as eqx
 import jax
@@ -10,9 +10,12 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from ._distributions import Distribution, check_distribution, check_sparsity, leaf_sparsities
-from ._masks import AbstractSparsityType, Unstructured, global_topk_masks, sparsity_type as as_sparsity_type
+from ._masks import AbstractSparsityType, Channel, Unstructured, global_topk_masks, sparsity_type as as_sparsity_type, topk_mask
 from ._schedules import AbstractSchedule, NoUpdateSchedule, OneShotSchedule
-from ._scores import magnitude_score, normalize_score, random_score, saliency_score
+from ._bmr import SpikeAndSlab
+from ._masks import Threshold
+from ._scores import evidence_score, magnitude_score, normalize_score, random_score, saliency_score, signal_to_noise_score
+from ._posterior import Posterior
 from ._select import PyTree
 from ._sparse import Sparse, find_sparse, mask_leaves, replace_sparse
 
@@ -32,22 +35,57 @@ def _model_grads(grads: PyTree, sparse: Sparse) -> PyTree:
         ) from None
 
 
+def _bias_partners(leaves: list["Leaf"], stype: Channel) -> dict[int, int]:
+    """{index of a weight leaf: index of its prunable bias} for leaves `X.weight` / `X.bias` whose
+    bias has one entry per channel."""
+    by_path = {l.path: j for j, l in enumerate(leaves)}
+    out = {}
+    for j, leaf in enumerate(leaves):
+        if leaf.path.endswith("weight") and leaf.weight.ndim >= 1:
+            b = by_path.get(leaf.path[: -len("weight")] + "bias")
+            channels = leaf.weight.shape[stype.axis % leaf.weight.ndim]
+            if b is not None and leaves[b].weight.size == channels:
+                out[j] = b
+    return out
+
+
 def _freeze(distribution: Distribution) -> Distribution:
     return dict(distribution) if isinstance(distribution, Mapping) else distribution
 
 
+class Leaf(NamedTuple):
+    """What a score function sees of one prunable leaf.
+
+    - `path`: e.g. `"layers[0].weight"`; `weight`: the (mean) weight with pruned entries at 0;
+      `mask`: its current mask; `grad`: its gradient (None unless `grads=` was given);
+      `key`: a PRNG key for this leaf (None unless `key=` was given);
+      `hess`, `ess`, `weight_decay`: the posterior's curvature and prior (None unless the model is a
+      `Posterior`).
+    """
+
+    path: str
+    weight: Array
+    mask: Array
+    grad: Array | None = None
+    key: PRNGKeyArray | None = None
+    hess: Array | None = None
+    ess: float | None = None
+    weight_decay: float | None = None
+
+
 class AbstractPruner(eqx.Module):
-    """Base of every pruning algorithm. A concrete pruner only defines `score`.
+    """Base of every pruning algorithm. A concrete pruner only defines `score(leaf) -> scores`.
 
     **Fields (every pruner):**
 
     - `sparsity`: the final fraction of pruned weights in `[0, 1)` (None for N:M, where `n/m` fixes
-      it, or when a custom distribution gives every leaf's sparsity).
+      it, for evidence thresholds, or when a custom distribution gives every leaf's sparsity).
     - `distribution`: `"uniform"` (every leaf at `sparsity`), `"erk"` (Erdős–Rényi-kernel), `"global"`
       (one ranking across all leaves), or a dict `{leaf path: sparsity or None}`; leaves missing from
       the dict get `sparsity`, leaves mapped to None stay dense.
     - `sparsity_type`: `"unstructured"`, `"channel"`, `"block"`, an `"N:M"` string such as `"2:4"`,
-      or an `Unstructured()` / `NByM(n, m, axis)` / `Block(shape, pool)` / `Channel(axis)`.
+      or an `Unstructured()` / `NByM(n, m, axis)` / `Block(shape, pool)` / `Channel(axis)` /
+      `Threshold(value)`.
     - `schedule`: when masks are recomputed and at which sparsity; default `OneShotSchedule(0)`.
     - `monotone`: a pruned weight is never revived (its score is `-inf` at the next update).
     - `normalize`: divide each leaf's scores by their L2 norm before a global ranking.
@@ -60,6 +98,10 @@ class AbstractPruner(eqx.Module):
     monotone: bool = False
     normalize: bool = False
 
+    needs_grads: ClassVar[bool] = False
+    needs_key: ClassVar[bool] = False
+    needs_posterior: ClassVar[bool] = False
+
     def __check_init__(self):
         check_sparsity(self.sparsity)
         check_distribution(self.distribution)
@@ -68,60 +110,95 @@ class AbstractPruner(eqx.Module):
                 f"distribution='global' ranks single weights across leaves and needs sparsity_type='unstructured', "
                 f"got {self.sparsity_type!r}."
             )
-        needs_target = self.sparsity_type.fixed_sparsity is None and not isinstance(self.distribution, Mapping)
+        needs_target = self.sparsity_type.needs_target and not isinstance(self.distribution, Mapping)
         if needs_target and self.sparsity is None:
             raise ValueError(f"{type(self).__name__} needs a target: pass sparsity=<float in [0, 1)>.")
 
     @abc.abstractmethod
-    def score(self, weight: Array, grad: Array | None, key: PRNGKeyArray | None) -> Array:
-        """Scores of one leaf (higher = keep). `weight` is the masked weight."""
-
-    needs_grads: ClassVar[bool] = False
-    needs_key: ClassVar[bool] = False
+    def score(self, leaf: Leaf) -> Array:
+        """Scores of one leaf, shaped like `leaf.weight` (higher = keep)."""
 
     # ---- the shared machinery -------------------------------------------------------------------
 
-    def masks_for(self, model: PyTree, sparsity_at: Any, *, grads: PyTree = None, key: PRNGKeyArray | None = None) -> PyTree:
-        """New masks for the `Sparse` in `model`, each leaf at `sparsity_at(target)`, as a masks tree."""
+    def _leaves(self, model: PyTree, grads: PyTree, key: PRNGKeyArray | None) -> tuple[Sparse, list, list[Leaf]]:
         sparse = find_sparse(model)
-        entries = [(p, w, m) for p, w, m in mask_leaves(sparse.model, sparse.masks)]
+        entries = mask_leaves(sparse.model, sparse.masks)
         flat_grads = _model_grads(grads, sparse)
+        name = type(self).__name__
         if self.needs_grads and flat_grads is None:
-            raise ValueError(f"{type(self).__name__} scores with gradients: pass grads=eqx.filter_grad(loss)(model).")
+            raise ValueError(f"{name} scores with gradients: pass grads=eqx.filter_grad(loss)(model).")
         if self.needs_key and key is None:
-            raise ValueError(f"{type(self).__name__} needs a PRNG key: pass key=jax.random.key(...).")
+            raise ValueError(f"{name} needs a PRNG key: pass key=jax.random.key(...).")
+        post = model if isinstance(model, Posterior) else None
+        if self.needs_posterior and post is None:
+            raise TypeError(
+                f"{name} scores a posterior: wrap the model as `bmr_eqx.Posterior(bmr_eqx.Sparse(model), ess=...)` "
+                "and train it with bmr_eqx.ivon."
+            )
+        flat_hess = None if post is None else jax.tree.structure(sparse.model).flatten_up_to(post.hess.model)
         idx = [i for i, (_, _, m) in enumerate(entries) if m is not None]
         keys = list(jax.random.split(key, len(idx))) if self.needs_key else [None] * len(idx)
-        scores = []
+        leaves = []
         for i, k in zip(idx, keys):
             path, w, m = entries[i]
             g = None if flat_grads is None else flat_grads[i]
             if self.needs_grads and g is None:
                 raise ValueError(f"grads has no gradient for the prunable leaf `{path}`.")
-            s = self.score(jnp.where(m, w, 0), g, k)
+            leaves.append(
+                Leaf(
+                    path, jnp.where(m, w, jnp.zeros((), w.dtype)), m, g, k,
+                    None if flat_hess is None else flat_hess[i],
+                    None if post is None else post.ess,
+                    None if post is None else post.weight_decay,
+                )
+            )
+        return sparse, idx, leaves
+
+    def masks_for(self, model: PyTree, sparsity_at: Any, *, grads: PyTree = None, key: PRNGKeyArray | None = None) -> PyTree:
+        """New masks for the `Sparse` in `model` (a masks tree), each leaf at `sparsity_at(target)`."""
+        sparse, idx, leaves = self._leaves(model, grads, key)
+        scores = []
+        for leaf in leaves:
+            s = self.score(leaf)
             if self.normalize:
                 s = normalize_score(s)
-            scores.append(jnp.where(m, s, -jnp.inf) if self.monotone else s)
+            scores.append(jnp.where(leaf.mask, s, -jnp.inf) if self.monotone else s)
         if self.distribution == "global":
             new = global_topk_masks(scores, sparsity_at(self.sparsity))
         else:
-            shapes = {entries[i][0]: tuple(entries[i][1].shape) for i in idx}
-            targets = leaf_sparsities(shapes, self.sparsity, self.distribution)
-            new = []
-            for i, s in zip(idx, scores):
-                path, w, _ = entries[i]
-                self.sparsity_type.check(tuple(w.shape), path)
-                target = targets[path]
-                if self.sparsity_type.fixed_sparsity is not None:
-                    new.append(self.sparsity_type.mask(s, 0.0, path))
-                elif target is None:
-                    new.append(jnp.ones(w.shape, bool))
-                else:
-                    new.append(self.sparsity_type.mask(s, sparsity_at(target), path))
-        flat = [m for _, _, m in entries]
+            new = self._per_leaf_masks(leaves, scores, sparsity_at)
+        flat = [m for _, _, m in mask_leaves(sparse.model, sparse.masks)]
         for i, m in zip(idx, new):
             flat[i] = m
         return jax.tree.structure(sparse.model).unflatten(flat)
+
+    def _per_leaf_masks(self, leaves: list[Leaf], scores: list[Array], sparsity_at: Any) -> list[Array]:
+        stype = self.sparsity_type
+        targets = leaf_sparsities({l.path: tuple(l.weight.shape) for l in leaves}, self.sparsity, self.distribution)
+        # A prunable bias joins its weight's channels: its scores add to theirs and it shares their fate.
+        partner = _bias_partners(leaves, stype) if isinstance(stype, Channel) else {}
+        new: list[Array | None] = [None] * len(leaves)
+        for j, (leaf, s) in enumerate(zip(leaves, scores)):
+            if j in partner.values():
+                continue
+            stype.check(tuple(leaf.weight.shape), leaf.path)
+            target = targets[leaf.path]
+            if not stype.needs_target:
+                new[j] = stype.mask(s, 0.0, leaf.path)
+            elif target is None:
+                new[j] = jnp.ones(leaf.weight.shape, bool)
+            elif j in partner:
+                b = partner[j]
+                groups = stype.group(s) + scores[b].reshape(-1)
+                keep = topk_mask(groups, sparsity_at(target))
+                new[j] = stype.expand(keep, tuple(leaf.weight.shape))
+                new[b] = keep.reshape(leaves[b].weight.shape)
+            else:
+                new[j] = stype.mask(s, sparsity_at(target), leaf.path)
+        for j, leaf in enumerate(leaves):  # biases whose weight was left dense
+            if new[j] is None:
+                new[j] = jnp.ones(leaf.weight.shape, bool)
+        return new
 
     def update(
         self,
@@ -174,7 +251,9 @@ class AbstractPruner(eqx.Module):
         **Returns:** the `Sparse` model (or the `Posterior` of one) with masks applied and pruned
         weights set to exactly 0.
         """
-        if not isinstance(model, Sparse) and not isinstance(getattr(model, "mean", None), Sparse):
+        if isinstance(model, Posterior) and not isinstance(model.mean, Sparse):
+            raise TypeError("Prune a Posterior of a Sparse model: `Posterior(Sparse(model), ess=...)`.")
+        if not isinstance(model, (Sparse, Posterior)):
             model = Sparse(model)
         sparse = find_sparse(model)
         masks = self.masks_for(model, lambda t: t, grads=grads, key=key)
@@ -208,15 +287,15 @@ class NoPruning(AbstractPruner):
     sparsity: float | int | None = 0.0
     schedule: AbstractSchedule = NoUpdateSchedule()
 
-    def score(self, weight: Array, grad: Array | None, key: PRNGKeyArray | None) -> Array:
-        return jnp.ones_like(weight)
+    def score(self, leaf: Leaf) -> Array:
+        return jnp.ones_like(leaf.weight)
 
 
 class MagnitudePruning(AbstractPruner):
     """Prune the weights of smallest magnitude |w|."""
 
-    def score(self, weight: Array, grad: Array | None, key: PRNGKeyArray | None) -> Array:
-        return magnitude_score(weight)
+    def score(self, leaf: Leaf) -> Array:
+        return magnitude_score(leaf.weight)
 
 
 class SaliencyPruning(AbstractPruner):
@@ -224,8 +303,8 @@ class SaliencyPruning(AbstractPruner):
 
     needs_grads: ClassVar[bool] = True
 
-    def score(self, weight: Array, grad: Array | None, key: PRNGKeyArray | None) -> Array:
-        return saliency_score(weight, grad)
+    def score(self, leaf: Leaf) -> Array:
+        return saliency_score(leaf.weight, leaf.grad)
 
 
 class RandomPruning(AbstractPruner):
@@ -234,8 +313,8 @@ class RandomPruning(AbstractPruner):
     monotone: bool = True
     needs_key: ClassVar[bool] = True
 
-    def score(self, weight: Array, grad: Array | None, key: PRNGKeyArray | None) -> Array:
-        return random_score(key, weight.shape)
+    def score(self, leaf: Leaf) -> Array:
+        return random_score(leaf.key, leaf.weight.shape)
 
 
 class GlobalMagnitudePruning(AbstractPruner):
@@ -245,8 +324,8 @@ class GlobalMagnitudePruning(AbstractPruner):
     distribution: Distribution = eqx.field(default="global", converter=_freeze)
     normalize: bool = True
 
-    def score(self, weight: Array, grad: Array | None, key: PRNGKeyArray | None) -> Array:
-        return magnitude_score(weight)
+    def score(self, leaf: Leaf) -> Array:
+        return magnitude_score(leaf.weight)
 
 
 class GlobalSaliencyPruning(AbstractPruner):
@@ -257,5 +336,109 @@ class GlobalSaliencyPruning(AbstractPruner):
     normalize: bool = True
     needs_grads: ClassVar[bool] = True
 
-    def score(self, weight: Array, grad: Array | None, key: PRNGKeyArray | None) -> Array:
-        return saliency_score(weight, grad)
+    def score(self, leaf: Leaf) -> Array:
+        return saliency_score(leaf.weight, leaf.grad)
+
+
+# ---- posterior-based pruners (BMR.md) -------------------------------------------------------------
+
+
+def _evidence(leaf: Leaf) -> Array:
+    return evidence_score(leaf.weight, leaf.hess, leaf.ess, leaf.weight_decay)
+
+
+class BMRPruning(AbstractPruner):
+    """Bayesian model reduction with a target: per leaf (uniform, ERK or a custom map), keep the
+    weights whose removal costs the most evidence (rank by −ΔF of the spike reduced prior). With
+    `sparsity_type="channel"`, whole neurons/filters are ranked by their group ΔF (the sum over
+    their incoming weights, plus their bias when the bias is prunable). Needs a `Posterior` model.
+    Monotone by default: a pruned weight stays pruned."""
+
+    monotone: bool = True
+    needs_posterior: ClassVar[bool] = True
+
+    def score(self, leaf: Leaf) -> Array:
+        return _evidence(leaf)
+
+
+class GlobalBMRPruning(AbstractPruner):
+    """Bayesian model reduction with one ranking of raw ΔF across all leaves. ΔF is in nats in
+    every layer, so no per-layer normalisation is applied. Needs a `Posterior` model."""
+
+    distribution: Distribution = eqx.field(default="global", converter=_freeze)
+    monotone: bool = True
+    needs_posterior: ClassVar[bool] = True
+
+    def score(self, leaf: Leaf) -> Array:
+        return _evidence(leaf)
+
+
+BayesianGlobalPruning = GlobalBMRPruning
+"""The BMRPruner fork's name for `GlobalBMRPruning` (one global ranking by ΔF)."""
+
+
+class SteBMRPruning(AbstractPruner):
+    """BMR with straight-through masks: pruned weights keep receiving gradients and may come back
+    when their ΔF drops. Needs `Posterior(Sparse(model, straight_through=True), ...)`; recompute
+    the masks often (e.g. `PeriodicSchedule(every=1)`)."""
+
+    needs_posterior: ClassVar[bool] = True
+
+    def score(self, leaf: Leaf) -> Array:
+        return _evidence(leaf)
+
+    def masks_for(self, model: PyTree, sparsity_at: Any, *, grads: PyTree = None, key: PRNGKeyArray | None = None) -> PyTree:
+        if not find_sparse(model).straight_through:
+            raise ValueError(
+                "SteBMRPruning needs straight-through masks: build the model as "
+                "`Posterior(Sparse(model, straight_through=True), ...)`."
+            )
+        return super().masks_for(model, sparsity_at, grads=grads, key=key)
+
+
+class AdaptiveBMR(AbstractPruner):
+    """Bayesian model reduction without a target: the evidence decides the sparsity.
+
+    `method="threshold"` prunes every weight with `ΔF > threshold` (0: Bayes factor 1);
+    `method="spike_and_slab"` fits a per-leaf inclusion rate by the spike-and-slab fixed point and
+    prunes where `ΔF > ζ`. Monotone by default. Needs a `Posterior` model.
+    """
+
+    threshold: float = 0.0
+    method: str = "threshold"
+    monotone: bool = True
+    needs_posterior: ClassVar[bool] = True
+
+    def __init__(self, threshold: float | int = 0.0, method: str = "threshold", *, schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = True):
+        if method not in ("threshold", "spike_and_slab"):
+            raise ValueError(f"AdaptiveBMR method must be 'threshold' or 'spike_and_slab', got {method!r}.")
+        self.threshold = float(threshold)
+        self.method = method
+        self.sparsity = None
+        self.distribution = "uniform"
+        self.sparsity_type = Threshold(-self.threshold) if method == "threshold" else SpikeAndSlab()
+        self.schedule = schedule
+        self.monotone = monotone
+        self.normalize = False
+
+    def score(self, leaf: Leaf) -> Array:
+        return _evidence(leaf)
+
+
+class UncertaintyMagnitudePruning(AbstractPruner):
+    """Prune by signal-to-noise |μ|/σ: small and uncertain weights go first. Needs a `Posterior`."""
+
+    needs_posterior: ClassVar[bool] = True
+
+    def score(self, leaf: Leaf) -> Array:
+        return signal_to_noise_score(leaf.weight, leaf.hess, leaf.ess, leaf.weight_decay)
+
+
+class PosteriorVariancePruning(AbstractPruner):
+    """Prune the weights the data informed least first: those whose posterior precision
+    λ(h + δ) stayed nearest the prior's λδ (largest posterior variance). Needs a `Posterior`."""
+
+    needs_posterior: ClassVar[bool] = True
+
+    def score(self, leaf: Leaf) -> Array:
+        return leaf.hess

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jax.scipy.special import digamma
 from jaxtyping import Array, ArrayLike, Bool, Float
 
+from ._masks import AbstractSparsityType, Sparsity, _sanitize
 from ._posterior import Posterior, check_prior
 from ._select import PyTree
 
@@ -120,3 +121,17 @@ def posterior_delta_f(posterior: Posterior) -> PyTree:
         trainable(posterior.mean),
         posterior.hess,
     )
+
+
+class SpikeAndSlab(AbstractSparsityType):
+    """Evidence-driven selection for ΔF scores (score = −ΔF): per leaf, keep a weight iff
+    `ΔF ≤ ζ`, with ζ from the spike-and-slab fixed point (`spike_and_slab_threshold`)."""
+
+    num_iters: int = 20
+
+    @property
+    def needs_target(self) -> bool:
+        return False
+
+    def mask(self, scores: Array, sparsity: Sparsity = 0.0, path: str = "leaf") -> Array:
+        return spike_and_slab_mask(-_sanitize(scores), self.num_iters)

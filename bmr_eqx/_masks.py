@@ -115,9 +115,9 @@ class AbstractSparsityType(eqx.Module):
         """Raise a `ValueError` naming `path` if a leaf of this shape cannot take this sparsity type."""
 
     @property
-    def fixed_sparsity(self) -> float | None:
-        """The sparsity this type always gives (N:M), or None if a target sparsity is needed."""
-        return None
+    def needs_target(self) -> bool:
+        """Whether `mask` uses the target sparsity (False for N:M and evidence thresholds)."""
+        return True
 
 
 class Unstructured(AbstractSparsityType):
@@ -142,8 +142,8 @@ class NByM(AbstractSparsityType):
             raise ValueError(f"N:M needs 1 <= n <= m, got n={self.n}, m={self.m}.")
 
     @property
-    def fixed_sparsity(self) -> float | None:
-        return 1.0 - self.n / self.m
+    def needs_target(self) -> bool:
+        return False
 
     def check(self, shape: tuple[int, ...], path: str) -> None:
         if not -len(shape) <= self.axis < len(shape):
@@ -210,7 +210,8 @@ class Block(AbstractSparsityType):
 
 class Channel(AbstractSparsityType):
     """Prune whole slices along `axis` (default 0: output neurons of `eqx.nn.Linear`, filters of
-    `eqx.nn.Conv`), ranked by their mean score."""
+    `eqx.nn.Conv`), ranked by the sum of their scores (the L1 norm for magnitude, the group ΔF for
+    BMR). A pruner also prunes a layer's bias with its channels when the bias is prunable."""
 
     axis: int = 0
 
@@ -218,13 +219,33 @@ class Channel(AbstractSparsityType):
         if not -len(shape) <= self.axis < len(shape):
             raise ValueError(f"Channel axis {self.axis} is out of range for `{path}` of shape {shape}.")
 
+    def group(self, scores: Array) -> Array:
+        """One score per channel: the sum over every other axis."""
+        axis = self.axis % scores.ndim
+        return jnp.sum(scores, axis=tuple(a for a in range(scores.ndim) if a != axis))
+
+    def expand(self, keep: Array, shape: tuple[int, ...]) -> Array:
+        """A per-channel keep vector broadcast to a leaf of `shape`."""
+        axis = self.axis % len(shape)
+        return jnp.broadcast_to(jnp.expand_dims(keep, tuple(a for a in range(len(shape)) if a != axis)), shape)
+
     def mask(self, scores: Array, sparsity: Sparsity, path: str = "leaf") -> Array:
         scores = _sanitize(scores)
         self.check(scores.shape, path)
-        axis = self.axis % scores.ndim
-        others = tuple(a for a in range(scores.ndim) if a != axis)
-        keep = topk_mask(jnp.mean(scores, axis=others), sparsity)
-        return jnp.broadcast_to(jnp.expand_dims(keep, others), scores.shape)
+        return self.expand(topk_mask(self.group(scores), sparsity), scores.shape)
+
+
+class Threshold(AbstractSparsityType):
+    """Keep every entry whose score is `>= value`; the data, not a target, decide the sparsity."""
+
+    value: float = 0.0
+
+    @property
+    def needs_target(self) -> bool:
+        return False
+
+    def mask(self, scores: Array, sparsity: Sparsity = 0.0, path: str = "leaf") -> Array:
+        return threshold_mask(scores, self.value)
 
 
 def sparsity_type(value: "AbstractSparsityType | str") -> AbstractSparsityType:
@@ -244,7 +265,7 @@ def sparsity_type(value: "AbstractSparsityType | str") -> AbstractSparsityType:
             return NByM(int(parts[0]), int(parts[1]))
     raise ValueError(
         f"Unknown sparsity type {value!r}; use 'unstructured', 'channel', 'block', an 'N:M' string like "
-        "'2:4', or an instance of bmr_eqx.Unstructured / NByM / Block / Channel."
+        "'2:4', or an instance of bmr_eqx.Unstructured / NByM / Block / Channel / Threshold."
     )
 
 

@@ -1,13 +1,11 @@
-"""Sparsity summaries, keyed by leaf path."""
-
-from typing import Any
+"""Sparsity summaries keyed by leaf path, and classification metrics of (posterior) predictions."""
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float, Int
 
-from ._select import PyTree, leaves_with_paths
-from ._sparse import Sparse, find_sparse, mask_leaves
+from ._select import PyTree
+from ._sparse import find_sparse, mask_leaves
 
 
 def _masks_by_path(model: PyTree) -> dict[str, Array]:
@@ -42,3 +40,41 @@ def mask_intersection(a: PyTree, b: PyTree) -> dict[str, Float[Array, ""]]:
     out = {p: both[p] / jnp.maximum(kept[p], 1) for p in ma}
     out["total"] = sum(both.values()) / jnp.maximum(sum(kept.values()), 1)
     return out
+
+
+def accuracy(probs: Float[ArrayLike, "batch classes"], labels: Int[ArrayLike, " batch"]) -> Float[Array, ""]:
+    """Fraction of examples whose most probable class is the label (works on logits too)."""
+    return jnp.mean(jnp.argmax(probs, -1) == jnp.asarray(labels))
+
+
+def nll(probs: Float[ArrayLike, "batch classes"], labels: Int[ArrayLike, " batch"]) -> Float[Array, ""]:
+    """Mean negative log-likelihood `−log p(label)` of predicted probabilities (clipped at 1e-12)."""
+    picked = jnp.take_along_axis(jnp.asarray(probs), jnp.asarray(labels)[:, None], axis=-1)[:, 0]
+    return -jnp.mean(jnp.log(jnp.clip(picked, 1e-12, 1.0)))
+
+
+def expected_calibration_error(
+    probs: Float[ArrayLike, "batch classes"], labels: Int[ArrayLike, " batch"], num_bins: int = 15
+) -> Float[Array, ""]:
+    """Expected calibration error with `num_bins` equal-width confidence bins:
+    `Σ_b (n_b / N)·|accuracy_b − confidence_b|`, confidence = the top probability."""
+    if not isinstance(num_bins, int) or num_bins < 1:
+        raise ValueError(f"num_bins must be an integer >= 1, got {num_bins!r}.")
+    probs = jnp.asarray(probs)
+    conf = jnp.max(probs, -1)
+    correct = (jnp.argmax(probs, -1) == jnp.asarray(labels)).astype(conf.dtype)
+    bins = jnp.clip(jnp.ceil(conf * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)  # (i/B, (i+1)/B]
+    count = jnp.zeros(num_bins).at[bins].add(1.0)
+    gap = jnp.zeros(num_bins).at[bins].add(correct) - jnp.zeros(num_bins).at[bins].add(conf)
+    return jnp.sum(jnp.abs(gap)) / probs.shape[0]
+
+
+def classification_metrics(
+    probs: Float[ArrayLike, "batch classes"], labels: Int[ArrayLike, " batch"], num_bins: int = 15
+) -> dict[str, Float[Array, ""]]:
+    """`{"accuracy", "nll", "ece"}` of predicted probabilities, e.g. of `posterior.predict(...)`."""
+    return {
+        "accuracy": accuracy(probs, labels),
+        "nll": nll(probs, labels),
+        "ece": expected_calibration_error(probs, labels, num_bins),
+    }

@@ -20,11 +20,14 @@ def _is_none(x: Any) -> bool:
 
 def mask_tree(params: PyTree) -> PyTree:
     """A tree shaped like `params` holding, at each weight inside a `Sparse`, that weight's mask
-    (None everywhere else). Lines masks up with gradients and updates of the whole model."""
+    (None everywhere else, and inside straight-through `Sparse` models, whose pruned weights keep
+    training). Lines masks up with gradients and updates of the whole model."""
 
     def at(node: Any) -> Any:
         if not isinstance(node, Sparse):
             return None
+        if node.straight_through:
+            return jax.tree.map(lambda _: None, node)
         nones = jax.tree.map(lambda _: None, node.masks, is_leaf=_is_none)
         return eqx.tree_at(lambda s: (s.model, s.masks), node, (node.masks, nones), is_leaf=_is_none)
 

@@ -20,6 +20,18 @@ def random_score(key: PRNGKeyArray, shape: tuple[int, ...]) -> Float[Array, "*sh
     return jax.random.uniform(key, shape)
 
 
+def evidence_score(mean: Float[Array, "*shape"], hess: Float[Array, "*shape"], ess: float | int, weight_decay: float | int) -> Float[Array, "*shape"]:
+    """−ΔF of switching each weight off (BMR.md §2): high = the evidence wants the weight kept."""
+    from ._bmr import delta_f_spike
+
+    return -delta_f_spike(mean, hess, ess, weight_decay)
+
+
+def signal_to_noise_score(mean: Float[Array, "*shape"], hess: Float[Array, "*shape"], ess: float | int, weight_decay: float | int) -> Float[Array, "*shape"]:
+    """|μ|/σ with σ = 1/sqrt(λ(h + δ))."""
+    return jnp.abs(mean) * jnp.sqrt(ess * (hess + weight_decay))
+
+
 def normalize_score(score: Float[Array, "*shape"], eps: float = 1e-8) -> Float[Array, "*shape"]:
     """`score / (‖score‖₂ + eps)`: puts leaves on one scale before a global ranking."""
     return score / (jnp.linalg.norm(score.reshape(-1)) + eps)

@@ -78,10 +78,14 @@ class Sparse(eqx.Module):
       `filter_fn(path, leaf) -> bool` sees paths like `"layers[0].weight"`. By default every
       floating array with `ndim >= 2` is prunable.
     - `masks`: start from these masks (same structure as `model`) instead of all-ones.
+    - `straight_through`: the forward pass still sees pruned weights as 0, but their gradient is
+      passed straight through (as if unmasked) so they keep training and may come back; optimizers
+      then leave them alone (for `SteBMRPruning` and other straight-through pruners).
     """
 
     model: PyTree
     masks: PyTree
+    straight_through: bool = eqx.field(static=True)
 
     def __init__(
         self,
@@ -91,6 +95,7 @@ class Sparse(eqx.Module):
         where: Callable[[PyTree], Any] | None = None,
         filter_fn: Callable[[str, Any], bool] | None = None,
         masks: PyTree = None,
+        straight_through: bool = False,
     ):
         if isinstance(model, Sparse):
             raise TypeError("The model is already a Sparse; wrap the inner model or change its masks with eqx.tree_at.")
@@ -101,6 +106,7 @@ class Sparse(eqx.Module):
             raise TypeError("Pass either masks or a leaf selector (filter_spec/where/filter_fn), not both.")
         self.model = model
         self.masks = masks
+        self.straight_through = straight_through
 
     def __check_init__(self):
         mask_leaves(self.model, self.masks)
@@ -108,7 +114,12 @@ class Sparse(eqx.Module):
     def masked(self) -> PyTree:
         """The wrapped model with its masks applied (pruned entries exactly 0)."""
         mask_leaves(self.model, self.masks)
-        return apply_masks(self.model, self.masks)
+        masked = apply_masks(self.model, self.masks)
+        if not self.straight_through:
+            return masked
+        return jax.tree.map(
+            lambda w, mw: w + jax.lax.stop_gradient(mw - w) if eqx.is_inexact_array(w) else mw, self.model, masked
+        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Calls the masked model: `self.masked()(*args, **kwargs)`."""
