@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# bash run.sh demo   install what is needed and run the main example on the bundled digits data
+# bash run.sh demo   install what is needed and run the main examples on the bundled digits data:
+#                    gradual magnitude pruning, then IVON + Bayesian model reduction
 # bash run.sh test   install what is needed and run the test suite
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -17,7 +18,8 @@ case "${1:-}" in
   demo)
     setup examples
     export MPLBACKEND=Agg
-    "$VENV/bin/python" examples/train_digits.py "${@:2}"
+    "$VENV/bin/python" examples/train_digits.py
+    "$VENV/bin/python" examples/bmr_digits.py
     ;;
   test)
     setup test

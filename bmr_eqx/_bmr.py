@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jax.scipy.special import digamma
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from ._masks import AbstractSparsityType, Sparsity, _sanitize
+from ._masks import AbstractSparsityType, Sparsity, _sanitize, keep_best
 from ._posterior import Posterior, check_prior
 from ._select import PyTree
 
@@ -125,7 +125,8 @@ def posterior_delta_f(posterior: Posterior) -> PyTree:
 
 class SpikeAndSlab(AbstractSparsityType):
     """Evidence-driven selection for ΔF scores (score = −ΔF): per leaf, keep a weight iff
-    `ΔF ≤ ζ`, with ζ from the spike-and-slab fixed point (`spike_and_slab_threshold`)."""
+    `ΔF ≤ ζ`, with ζ from the spike-and-slab fixed point (`spike_and_slab_threshold`), and keep
+    at least the best weight of each leaf."""
 
     num_iters: int = 20
 
@@ -134,4 +135,4 @@ class SpikeAndSlab(AbstractSparsityType):
         return False
 
     def mask(self, scores: Array, sparsity: Sparsity = 0.0, path: str = "leaf") -> Array:
-        return spike_and_slab_mask(-_sanitize(scores), self.num_iters)
+        return keep_best(spike_and_slab_mask(-_sanitize(scores), self.num_iters), scores)

@@ -98,6 +98,13 @@ def threshold_mask(scores: Float[ArrayLike, "*shape"], threshold: Float[ArrayLik
     return _sanitize(scores) >= threshold
 
 
+def keep_best(mask: Bool[Array, "*shape"], scores: Float[ArrayLike, "*shape"]) -> Bool[Array, "*shape"]:
+    """`mask` with the highest-scoring entry (the first, on ties) kept too, so no leaf is emptied
+    by a data-driven rule (top-k keeps at least one entry for the same reason)."""
+    flat = _sanitize(scores).reshape(-1)
+    return mask | (jnp.arange(flat.size) == jnp.argmax(flat)).reshape(mask.shape)
+
+
 def _rank_along_last(scores: Array) -> Array:
     """0-based descending rank of each entry along the last axis; ties: lower index first."""
     order = jnp.argsort(-scores, axis=-1, stable=True)
@@ -236,7 +243,8 @@ class Channel(AbstractSparsityType):
 
 
 class Threshold(AbstractSparsityType):
-    """Keep every entry whose score is `>= value`; the data, not a target, decide the sparsity."""
+    """Keep every entry whose score is `>= value` (and at least the best entry of each leaf); the
+    data, not a target, decide the sparsity."""
 
     value: float = 0.0
 
@@ -245,7 +253,7 @@ class Threshold(AbstractSparsityType):
         return False
 
     def mask(self, scores: Array, sparsity: Sparsity = 0.0, path: str = "leaf") -> Array:
-        return threshold_mask(scores, self.value)
+        return keep_best(threshold_mask(scores, self.value), scores)
 
 
 def sparsity_type(value: "AbstractSparsityType | str") -> AbstractSparsityType:

@@ -20,9 +20,9 @@ def sparsity_summary(model: PyTree) -> dict[str, Float[Array, ""]]:
     **Arguments:** `model`: a `Sparse` (or a `Posterior` of one).
     """
     masks = _masks_by_path(model)
-    out = {p: 1.0 - jnp.mean(m) for p, m in masks.items()}
+    out = {p: jnp.sum(~m) / m.size for p, m in masks.items()}
     size = sum(m.size for m in masks.values())
-    out["total"] = 1.0 - sum(jnp.sum(m) for m in masks.values()) / size
+    out["total"] = sum(jnp.sum(~m) for m in masks.values()) / size
     return out
 
 

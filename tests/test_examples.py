@@ -14,3 +14,26 @@ def test_train_digits_runs_and_prunes(tmp_path):
     assert (tmp_path / "train_digits.png").stat().st_size > 1000
     assert result["sparsity"] == pytest.approx(0.9, abs=1e-3)
     assert result["dense"] > 0.8 and result["pruned"] > 0.6
+
+
+def test_bmr_digits_runs_all_methods(tmp_path):
+    pytest.importorskip("sklearn")
+    import bmr_digits
+
+    summary = bmr_digits.main(["--steps", "120", "--seeds", "1", "--out", str(tmp_path)])
+    assert (tmp_path / "bmr_digits.png").stat().st_size > 1000
+    assert set(summary) == {"dense IVON", "magnitude", "BMR", "global BMR", "adaptive BMR"}
+    assert summary["dense IVON"]["sparsity"][0] == 0.0
+    for name in ("magnitude", "BMR", "global BMR"):
+        assert summary[name]["sparsity"][0] == pytest.approx(0.9, abs=1e-3)
+    assert all(0.0 <= row["ece"][0] <= 1.0 and row["accuracy"][0] > 0.3 for row in summary.values())
+
+
+def test_teacher_student_reports_recovery():
+    import teacher_student
+
+    out = teacher_student.main(["--steps", "300", "--samples", "500"])
+    assert set(out) == {"adaptive BMR (no target)", "magnitude @ BMR's sparsity", "magnitude @ true sparsity"}
+    for row in out.values():
+        assert 0.0 <= row["precision"] <= 1.0 and 0.0 <= row["recall"] <= 1.0
+    assert out["magnitude @ true sparsity"]["sparsity"] == pytest.approx(0.76, abs=0.05)
