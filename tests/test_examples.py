@@ -26,7 +26,8 @@ def test_bmr_digits_runs_all_methods(tmp_path):
     assert summary["dense IVON"]["sparsity"][0] == 0.0
     for name in ("magnitude", "BMR", "global BMR"):
         assert summary[name]["sparsity"][0] == pytest.approx(0.9, abs=1e-3)
-    assert all(0.0 <= row["ece"][0] <= 1.0 and row["accuracy"][0] > 0.3 for row in summary.values())
+    assert all(0.0 <= row["ece"][0] <= 1.0 and 0.0 <= row["accuracy"][0] <= 1.0 for row in summary.values())
+    assert summary["dense IVON"]["accuracy"][0] > 0.5
 
 
 def test_teacher_student_reports_recovery():
