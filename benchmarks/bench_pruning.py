@@ -12,8 +12,8 @@ For tanh MLPs trained with adam at 90% uniform magnitude sparsity it prints, per
 """
 
 import argparse
-import statistics
-import time
+import os
+import sys
 
 import equinox as eqx
 import jax
@@ -22,26 +22,12 @@ import optax
 
 import bmr_eqx as bx
 
-
-def timeit(fns, reps):
-    """Median seconds of each function, measured round-robin so that noise hits all alike."""
-    for fn in fns.values():
-        jax.block_until_ready(fn())
-        jax.block_until_ready(fn())
-    times = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn())
-            times[name].append(time.perf_counter() - t0)
-    return {name: min(ts) for name, ts in times.items()}
+sys.path.insert(0, os.path.dirname(__file__))
+from common import n_params, run_steps, tanh_mlp, timeit  # noqa: E402
 
 
 def make_steps(width, depth, batch):
-    key = jax.random.key(0)
-    dense = eqx.nn.MLP(width, width, width, depth - 1, activation=jnp.tanh, key=key)
-    x = jax.random.normal(jax.random.key(1), (batch, width))
-    y = jax.random.normal(jax.random.key(2), (batch, width))
+    dense, x, y = tanh_mlp(width, depth, batch)
     opt = optax.adam(1e-4)
 
     def loss(m):
@@ -68,24 +54,12 @@ def make_steps(width, depth, batch):
     steady = bx.MagnitudePruning(sparsity=0.9, schedule=bx.PeriodicSchedule(every=10**9, start=10**9))
     every = bx.MagnitudePruning(sparsity=0.9, schedule=bx.PeriodicSchedule(every=1))
     sparse = bx.MagnitudePruning(sparsity=0.9).prune(dense)
-    n_params = sum(l.weight.size + l.bias.size for l in dense.layers)
     return dict(
-        n_params=n_params,
+        n_params=n_params(dense),
         dense=(dense_step, dense, opt.init(eqx.filter(dense, eqx.is_inexact_array))),
         steady=(sparse_step_for(steady), sparse, masked_opt.init(sparse)),
         update=(sparse_step_for(every), sparse, masked_opt.init(sparse)),
     )
-
-
-def run_steps(step, model, state, n):
-    def go():
-        nonlocal model, state
-        i = jnp.asarray(0)
-        for _ in range(n):
-            model, state, i = step(model, state, i)
-        return jax.tree.leaves(model)[0]
-
-    return go
 
 
 def main():
@@ -106,8 +80,7 @@ def main():
         runners = {}
         for name in ("dense", "steady", "update"):
             step, model, state = cfg[name]
-            model = jax.tree.map(lambda a: a.copy() if eqx.is_array(a) else a, model)
-            runners[name] = run_steps(step, model, state, args.steps)
+            runners[name] = run_steps(step, (model, state, jnp.asarray(0)), args.steps)
         t = {k: v / args.steps for k, v in timeit(runners, args.reps).items()}
         print(f"{cfg['n_params'] / 1e6:>9.1f}M {t['dense'] * 1e3:>9.2f} {t['steady'] * 1e3:>10.2f} {t['update'] * 1e3:>10.2f}"
               f" {t['steady'] / t['dense']:>13.3f} {t['update'] / t['dense']:>13.3f}")

@@ -1,0 +1,48 @@
+"""Shared timing helpers for the benchmarks (side-by-side, round-robin, in one process)."""
+
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+
+def timeit(fns, reps):
+    """Fastest seconds of each function over `reps` rounds, run round-robin so that machine noise
+    hits every variant alike. Each function is called twice first (compilation, warm-up)."""
+    for fn in fns.values():
+        jax.block_until_ready(fn())
+        jax.block_until_ready(fn())
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - t0)
+    return {name: min(ts) for name, ts in times.items()}
+
+
+def run_steps(step, carry, n):
+    """A function running `carry = step(*carry)` `n` times from a private copy of `carry`; the
+    step's last output must be the step counter it takes as its last input."""
+    carry = jax.tree.map(lambda a: a.copy() if eqx.is_array(a) else a, carry)
+
+    def go():
+        nonlocal carry
+        for _ in range(n):
+            carry = step(*carry)
+        return jax.tree.leaves(carry)[0]
+
+    return go
+
+
+def tanh_mlp(width, depth, batch, key=0):
+    """A tanh MLP of `depth` linear layers of `width`×`width`, and a regression batch for it."""
+    model = eqx.nn.MLP(width, width, width, depth - 1, activation=jnp.tanh, key=jax.random.key(key))
+    x = jax.random.normal(jax.random.key(key + 1), (batch, width))
+    y = jax.random.normal(jax.random.key(key + 2), (batch, width))
+    return model, x, y
+
+
+def n_params(model):
+    return sum(x.size for x in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)))
