@@ -12,7 +12,6 @@ H100 and 1.66 on the 2-core CPU (2.1M).
     python benchmarks/bench_ivon.py [--layers 1024x2 1024x4] [--reps 15]
 """
 
-import argparse
 import os
 import sys
 
@@ -24,7 +23,7 @@ import optax
 import bmr_eqx as bx
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import n_params, run_steps, tanh_mlp, timeit  # noqa: E402
+from common import n_params, parse, run_steps, size_parser, tanh_mlp, timeit  # noqa: E402
 
 
 def make_runners(width, depth, batch, steps):
@@ -69,18 +68,10 @@ def make_runners(width, depth, batch, steps):
 
 
 def main():
-    gpu = jax.default_backend() != "cpu"
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", nargs="*", default=["1024x4", "4096x4", "4096x8"] if gpu else ["1024x2", "1024x4"],
-                        help="WIDTHxDEPTH of the MLPs (DEPTH linear layers of WIDTH x WIDTH)")
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=10, help="steps per timing")
-    parser.add_argument("--reps", type=int, default=15)
-    args = parser.parse_args()
-    print(f"backend: {jax.default_backend()}  device: {jax.devices()[0].device_kind}  jax {jax.__version__}")
+    parser = size_parser(__doc__)
+    args = parse(parser)
     print(f"{'params':>8} {'adam ms':>8} {'ivon ms':>8} {'bmr ms':>8} {'ivon/adam':>10} {'bmr/ivon':>9}")
-    for spec in args.layers:
-        width, depth = (int(v) for v in spec.split("x"))
+    for width, depth in args.sizes:
         n, runners = make_runners(width, depth, args.batch, args.steps)
         t = {k: v / args.steps for k, v in timeit(runners, args.reps).items()}
         print(f"{n / 1e6:>7.1f}M {t['adam'] * 1e3:>8.2f} {t['ivon'] * 1e3:>8.2f} {t['ivon + bmr'] * 1e3:>8.2f}"

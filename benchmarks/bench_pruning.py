@@ -11,7 +11,6 @@ For tanh MLPs trained with adam at 90% uniform magnitude sparsity it prints, per
     python benchmarks/bench_pruning.py --layers 1024x4 --topk 1e6
 """
 
-import argparse
 import os
 import sys
 
@@ -23,7 +22,7 @@ import optax
 import bmr_eqx as bx
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import n_params, run_steps, tanh_mlp, timeit  # noqa: E402
+from common import n_params, parse, run_steps, size_parser, tanh_mlp, timeit  # noqa: E402
 
 
 def make_steps(width, depth, batch):
@@ -63,19 +62,12 @@ def make_steps(width, depth, batch):
 
 
 def main():
+    parser = size_parser(__doc__)
     gpu = jax.default_backend() != "cpu"
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", nargs="*", default=["1024x4", "4096x4", "4096x8"] if gpu else ["1024x2", "1024x4"],
-                        help="WIDTHxDEPTH of the MLPs (DEPTH linear layers of WIDTH x WIDTH)")
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=10, help="steps per timing")
-    parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--topk", nargs="*", type=float, default=[1e6, 1e8] if gpu else [1e6, 1e7])
-    args = parser.parse_args()
-    print(f"backend: {jax.default_backend()}  device: {jax.devices()[0].device_kind}  jax {jax.__version__}")
+    args = parse(parser)
     print(f"{'params':>10} {'dense ms':>9} {'steady ms':>10} {'update ms':>10} {'steady/dense':>13} {'update/dense':>13}")
-    for spec in args.layers:
-        width, depth = (int(v) for v in spec.split("x"))
+    for width, depth in args.sizes:
         cfg = make_steps(width, depth, args.batch)
         runners = {}
         for name in ("dense", "steady", "update"):
@@ -87,7 +79,7 @@ def main():
     topk = jax.jit(bx.topk_mask)
     for n in args.topk:
         scores = jax.random.normal(jax.random.key(0), (int(n),))
-        ms = timeit({"topk": lambda: topk(scores, jnp.float32(0.9))}, args.reps)["topk"] * 1e3
+        ms = timeit({"topk": lambda s=scores: topk(s, jnp.float32(0.9))}, args.reps)["topk"] * 1e3
         print(f"top-k mask over {int(n):,} scores: {ms:.2f} ms")
 
 

@@ -1,5 +1,6 @@
 """Shared timing helpers for the benchmarks (side-by-side, round-robin, in one process)."""
 
+import argparse
 import time
 
 import equinox as eqx
@@ -46,3 +47,24 @@ def tanh_mlp(width, depth, batch, key=0):
 
 def n_params(model):
     return sum(x.size for x in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)))
+
+
+def size_parser(doc):
+    """The command line every benchmark shares (MLP sizes, batch, steps, repetitions); prints the
+    machine it runs on once parsed by `parse`."""
+    gpu = jax.default_backend() != "cpu"
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", nargs="*", default=["1024x4", "4096x4", "4096x8"] if gpu else ["1024x2", "1024x4"],
+                        help="WIDTHxDEPTH of the MLPs (DEPTH linear layers of WIDTH x WIDTH)")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=10, help="steps per timing")
+    parser.add_argument("--reps", type=int, default=15)
+    return parser
+
+
+def parse(parser):
+    args = parser.parse_args()
+    print(f"backend: {jax.default_backend()}  device: {jax.devices()[0].device_kind}  jax {jax.__version__}"
+          f"  batch {args.batch}")
+    args.sizes = [tuple(int(v) for v in spec.split("x")) for spec in args.layers]
+    return args

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Int, PRNGKeyArray
 
 from ._distributions import Distribution, check_distribution, check_sparsity, leaf_sparsities
 from ._masks import AbstractSparsityType, Channel, Unstructured, global_topk_masks, sparsity_type as as_sparsity_type, topk_mask

@@ -1,6 +1,5 @@
 """Sparsity summaries keyed by leaf path, and classification metrics of (posterior) predictions."""
 
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
@@ -64,7 +63,6 @@ def expected_calibration_error(
     conf = jnp.max(probs, -1)
     correct = (jnp.argmax(probs, -1) == jnp.asarray(labels)).astype(conf.dtype)
     bins = jnp.clip(jnp.ceil(conf * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)  # (i/B, (i+1)/B]
-    count = jnp.zeros(num_bins).at[bins].add(1.0)
     gap = jnp.zeros(num_bins).at[bins].add(correct) - jnp.zeros(num_bins).at[bins].add(conf)
     return jnp.sum(jnp.abs(gap)) / probs.shape[0]
 

@@ -21,7 +21,7 @@ def trainable_spec(model: PyTree) -> PyTree:
             return eqx.is_inexact_array(node)
         inner = jax.tree.map(spec, node, is_leaf=lambda x: x is not node and _has_statistics(x))
         for name in type(node).statistics_fields:
-            inner = eqx.tree_at(lambda n: getattr(n, name), inner, replace_fn=lambda t: jax.tree.map(lambda _: False, t))
+            inner = eqx.tree_at(lambda n, name=name: getattr(n, name), inner, replace_fn=lambda t: jax.tree.map(lambda _: False, t))
         return inner
 
     return jax.tree.map(spec, model, is_leaf=_has_statistics)

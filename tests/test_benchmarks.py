@@ -1,0 +1,18 @@
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.mark.parametrize("script,extra", [("bench_pruning.py", ["--topk", "1000"]), ("bench_ivon.py", [])])
+def test_benchmark_scripts_run(script, extra):
+    out = subprocess.run(
+        [sys.executable, str(BENCH / script), "--layers", "32x2", "--steps", "1", "--reps", "1", *extra],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    ratios = out.stdout.strip().splitlines()[2].split()[-2:]
+    assert all(float(r) > 0 for r in ratios)
