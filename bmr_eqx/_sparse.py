@@ -70,6 +70,11 @@ class Sparse(eqx.Module):
     `eqx.is_inexact_array` keep them out of optimizer state, and changing their values inside
     `eqx.filter_jit` never recompiles.
 
+    The stored weights of pruned entries are set to exactly 0 by `pruner.prune`, and by
+    `masked_updates` / `ivon` at their first step after a `pruner.update` (which changes only the
+    masks, so that nothing but the masks passes through its `lax.cond`). The forward pass sees 0
+    either way.
+
     **Arguments:**
 
     - `model`: any pytree, usually an `eqx.Module`.
