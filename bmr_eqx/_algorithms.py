@@ -9,13 +9,20 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Int, PRNGKeyArray
 
-from ._distributions import Distribution, check_distribution, check_sparsity, leaf_sparsities
-from ._masks import AbstractSparsityType, Channel, Unstructured, global_topk_masks, sparsity_type as as_sparsity_type, topk_mask
-from ._schedules import AbstractSchedule, NoUpdateSchedule, OneShotSchedule
 from ._bmr import SpikeAndSlab
-from ._masks import Threshold
-from ._scores import evidence_score, magnitude_score, normalize_score, random_score, saliency_score, signal_to_noise_score
+from ._distributions import Distribution, check_distribution, check_sparsity, leaf_sparsities
+from ._masks import (
+    AbstractSparsityType,
+    Channel,
+    Threshold,
+    Unstructured,
+    global_topk_masks,
+    sparsity_type as as_sparsity_type,
+    topk_mask,
+)
 from ._posterior import Posterior
+from ._schedules import AbstractSchedule, NoUpdateSchedule, OneShotSchedule
+from ._scores import evidence_score, magnitude_score, normalize_score, random_score, saliency_score, signal_to_noise_score
 from ._select import PyTree
 from ._sparse import Sparse, find_sparse, mask_leaves, replace_sparse
 
@@ -49,7 +56,8 @@ def _bias_partners(leaves: list["Leaf"], stype: Channel) -> dict[int, int]:
     return out
 
 
-def _freeze(distribution: Distribution) -> Distribution:
+def _as_distribution(distribution: Distribution) -> Distribution:
+    """A private copy of a custom map (so later edits of the caller's dict change nothing)."""
     return dict(distribution) if isinstance(distribution, Mapping) else distribution
 
 
@@ -92,7 +100,7 @@ class AbstractPruner(eqx.Module):
     """
 
     sparsity: float | int | None = None
-    distribution: Distribution = eqx.field(default="uniform", converter=_freeze)
+    distribution: Distribution = eqx.field(default="uniform", converter=_as_distribution)
     sparsity_type: AbstractSparsityType = eqx.field(default="unstructured", converter=as_sparsity_type)
     schedule: AbstractSchedule = OneShotSchedule(0)
     monotone: bool = False
@@ -321,7 +329,7 @@ class GlobalMagnitudePruning(AbstractPruner):
     """Magnitude pruning with one ranking across all prunable leaves (scores L2-normalised per leaf
     by default, as in JaxPruner)."""
 
-    distribution: Distribution = eqx.field(default="global", converter=_freeze)
+    distribution: Distribution = eqx.field(default="global", converter=_as_distribution)
     normalize: bool = True
 
     def score(self, leaf: Leaf) -> Array:
@@ -332,7 +340,7 @@ class GlobalSaliencyPruning(AbstractPruner):
     """Saliency pruning with one ranking across all prunable leaves (scores L2-normalised per leaf
     by default, as in JaxPruner)."""
 
-    distribution: Distribution = eqx.field(default="global", converter=_freeze)
+    distribution: Distribution = eqx.field(default="global", converter=_as_distribution)
     normalize: bool = True
     needs_grads: ClassVar[bool] = True
 
@@ -365,7 +373,7 @@ class GlobalBMRPruning(AbstractPruner):
     """Bayesian model reduction with one ranking of raw ΔF across all leaves. ΔF is in nats in
     every layer, so no per-layer normalisation is applied. Needs a `Posterior` model."""
 
-    distribution: Distribution = eqx.field(default="global", converter=_freeze)
+    distribution: Distribution = eqx.field(default="global", converter=_as_distribution)
     monotone: bool = True
     needs_posterior: ClassVar[bool] = True
 
