@@ -23,7 +23,6 @@ from ._masks import (
     Block as Block,
     Channel as Channel,
     NByM as NByM,
-    Threshold as Threshold,
     Unstructured as Unstructured,
     global_topk_masks as global_topk_masks,
     threshold_mask as threshold_mask,
@@ -57,7 +56,6 @@ from ._bmr import (
     reduced_posterior as reduced_posterior,
     spike_and_slab_mask as spike_and_slab_mask,
     spike_and_slab_threshold as spike_and_slab_threshold,
-    SpikeAndSlab as SpikeAndSlab,
 )
 from ._ivon import IVONState as IVONState, ivon as ivon, noisy_value_and_grad as noisy_value_and_grad
 from ._posterior import Posterior as Posterior

@@ -9,15 +9,17 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Int, PRNGKeyArray
 
-from ._bmr import SpikeAndSlab
+from ._bmr import spike_and_slab_mask
 from ._distributions import Distribution, check_distribution, check_sparsity, leaf_sparsities
 from ._masks import (
     AbstractSparsityType,
     Channel,
-    Threshold,
     Unstructured,
     global_topk_masks,
+    keep_best,
+    NByM,
     sparsity_type as as_sparsity_type,
+    threshold_mask,
     topk_mask,
 )
 from ._posterior import Posterior
@@ -92,8 +94,7 @@ class AbstractPruner(eqx.Module):
       (one ranking across all leaves), or a dict `{leaf path: sparsity or None}`; leaves missing from
       the dict get `sparsity`, leaves mapped to None stay dense.
     - `sparsity_type`: `"unstructured"`, `"channel"`, `"block"`, an `"N:M"` string such as `"2:4"`,
-      or an `Unstructured()` / `NByM(n, m, axis)` / `Block(shape, pool)` / `Channel(axis)` /
-      `Threshold(value)`.
+      or an `Unstructured()` / `NByM(n, m, axis)` / `Block(shape, pool)` / `Channel(axis)`.
     - `schedule`: when masks are recomputed and at which sparsity; default `OneShotSchedule(0)`.
     - `monotone`: a pruned weight is never revived (its score is `-inf` at the next update).
     - `normalize`: divide each leaf's scores by their L2 norm before a global ranking.
@@ -109,6 +110,7 @@ class AbstractPruner(eqx.Module):
     needs_grads: ClassVar[bool] = False
     needs_key: ClassVar[bool] = False
     needs_posterior: ClassVar[bool] = False
+    selects_by_target: ClassVar[bool] = True
 
     def __check_init__(self):
         check_sparsity(self.sparsity)
@@ -118,13 +120,18 @@ class AbstractPruner(eqx.Module):
                 f"distribution='global' ranks single weights across leaves and needs sparsity_type='unstructured', "
                 f"got {self.sparsity_type!r}."
             )
-        needs_target = self.sparsity_type.needs_target and not isinstance(self.distribution, Mapping)
-        if needs_target and self.sparsity is None:
+        needs_target = self.selects_by_target and self.sparsity_type.needs_target
+        if needs_target and self.sparsity is None and not isinstance(self.distribution, Mapping):
             raise ValueError(f"{type(self).__name__} needs a target: pass sparsity=<float in [0, 1)>.")
 
     @abc.abstractmethod
     def score(self, leaf: Leaf) -> Array:
         """Scores of one leaf, shaped like `leaf.weight` (higher = keep)."""
+
+    def select(self, group_scores: Array, sparsity: Any) -> Array:
+        """Which groups of one leaf to keep: the top `1 − sparsity` of them (data-driven pruners
+        such as `AdaptiveBMR` replace this rule and ignore `sparsity`)."""
+        return topk_mask(group_scores, sparsity)
 
     # ---- the shared machinery -------------------------------------------------------------------
 
@@ -189,20 +196,21 @@ class AbstractPruner(eqx.Module):
         for j, (leaf, s) in enumerate(zip(leaves, scores)):
             if j in partner.values():
                 continue
-            stype.check(tuple(leaf.weight.shape), leaf.path)
+            shape = tuple(leaf.weight.shape)
+            stype.check(shape, leaf.path)
             target = targets[leaf.path]
             if not stype.needs_target:
                 new[j] = stype.mask(s, 0.0, leaf.path)
-            elif target is None:
-                new[j] = jnp.ones(leaf.weight.shape, bool)
-            elif j in partner:
-                b = partner[j]
-                groups = stype.group(s) + scores[b].reshape(-1)
-                keep = topk_mask(groups, sparsity_at(target))
-                new[j] = stype.expand(keep, tuple(leaf.weight.shape))
-                new[b] = keep.reshape(leaves[b].weight.shape)
+            elif target is None and self.selects_by_target:
+                new[j] = jnp.ones(shape, bool)
             else:
-                new[j] = stype.mask(s, sparsity_at(target), leaf.path)
+                groups = stype.group(s)
+                if j in partner:
+                    groups = groups + scores[partner[j]].reshape(groups.shape)
+                keep = self.select(groups, None if target is None else sparsity_at(target))
+                new[j] = stype.expand(keep, shape)
+                if j in partner:
+                    new[partner[j]] = keep.reshape(leaves[partner[j]].weight.shape)
         for j, leaf in enumerate(leaves):  # biases whose weight was left dense
             if new[j] is None:
                 new[j] = jnp.ones(leaf.weight.shape, bool)
@@ -407,30 +415,50 @@ class SteBMRPruning(AbstractPruner):
 class AdaptiveBMR(AbstractPruner):
     """Bayesian model reduction without a target: the evidence decides the sparsity.
 
-    `method="threshold"` prunes every weight with `ΔF > threshold` (0: Bayes factor 1);
-    `method="spike_and_slab"` fits a per-leaf inclusion rate by the spike-and-slab fixed point and
-    prunes where `ΔF > ζ`. Monotone by default. Needs a `Posterior` model.
+    `method="threshold"` prunes every weight (or, with `sparsity_type="channel"` or a `Block`, every
+    group, by its group ΔF) with `ΔF > threshold` (0: Bayes factor 1); `method="spike_and_slab"`
+    fits a per-leaf inclusion rate by the spike-and-slab fixed point and prunes where `ΔF > ζ`.
+    The best weight (group) of each leaf is always kept. Monotone by default. Needs a `Posterior`.
     """
 
     threshold: float = 0.0
     method: str = "threshold"
     monotone: bool = True
     needs_posterior: ClassVar[bool] = True
+    selects_by_target: ClassVar[bool] = False
 
-    def __init__(self, threshold: float | int = 0.0, method: str = "threshold", *, schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = True):
+    def __init__(
+        self,
+        threshold: float | int = 0.0,
+        method: str = "threshold",
+        *,
+        sparsity_type: AbstractSparsityType | str = "unstructured",
+        schedule: AbstractSchedule = OneShotSchedule(0),
+        monotone: bool = True,
+    ):
         if method not in ("threshold", "spike_and_slab"):
             raise ValueError(f"AdaptiveBMR method must be 'threshold' or 'spike_and_slab', got {method!r}.")
+        stype = as_sparsity_type(sparsity_type)
+        if isinstance(stype, NByM):
+            raise ValueError("AdaptiveBMR lets the evidence set the sparsity; N:M fixes it. Use BMRPruning for N:M.")
         self.threshold = float(threshold)
         self.method = method
         self.sparsity = None
         self.distribution = "uniform"
-        self.sparsity_type = Threshold(-self.threshold) if method == "threshold" else SpikeAndSlab()
+        self.sparsity_type = stype
         self.schedule = schedule
         self.monotone = monotone
         self.normalize = False
 
     def score(self, leaf: Leaf) -> Array:
         return _evidence(leaf)
+
+    def select(self, group_scores: Array, sparsity: Any) -> Array:
+        if self.method == "threshold":
+            keep = threshold_mask(group_scores, -self.threshold)  # score = −ΔF: keep iff ΔF ≤ T
+        else:
+            keep = spike_and_slab_mask(-group_scores)
+        return keep_best(keep, group_scores)
 
 
 class UncertaintyMagnitudePruning(AbstractPruner):

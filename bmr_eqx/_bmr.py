@@ -11,7 +11,6 @@ import jax.numpy as jnp
 from jax.scipy.special import digamma
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from ._masks import AbstractSparsityType, Sparsity, _sanitize, keep_best
 from ._posterior import Posterior, check_prior
 from ._select import PyTree
 
@@ -122,17 +121,3 @@ def posterior_delta_f(posterior: Posterior) -> PyTree:
         posterior.hess,
     )
 
-
-class SpikeAndSlab(AbstractSparsityType):
-    """Evidence-driven selection for ΔF scores (score = −ΔF): per leaf, keep a weight iff
-    `ΔF ≤ ζ`, with ζ from the spike-and-slab fixed point (`spike_and_slab_threshold`), and keep
-    at least the best weight of each leaf."""
-
-    num_iters: int = 20
-
-    @property
-    def needs_target(self) -> bool:
-        return False
-
-    def mask(self, scores: Array, sparsity: Sparsity = 0.0, path: str = "leaf") -> Array:
-        return keep_best(spike_and_slab_mask(-_sanitize(scores), self.num_iters), scores)

@@ -5,7 +5,6 @@ flat (row-major) index, so masks are deterministic. NaN scores count as `-inf` (
 -0.0 ties with 0.0.
 """
 
-import abc
 import math
 
 import equinox as eqx
@@ -112,26 +111,39 @@ def _rank_along_last(scores: Array) -> Array:
 
 
 class AbstractSparsityType(eqx.Module):
-    """How scores become a mask for one leaf. Subclasses: `Unstructured`, `NByM`, `Block`, `Channel`."""
+    """The structure of a mask: which entries are pruned together.
 
-    @abc.abstractmethod
-    def mask(self, scores: Array, sparsity: Sparsity, path: str = "leaf") -> Array:
-        """A bool mask of `scores`' shape pruning (about) a fraction `sparsity` of entries."""
+    A type pools a leaf's scores into groups (`group`), a selection rule keeps some groups (top-k
+    at a target sparsity, or an evidence threshold for `AdaptiveBMR`), and `expand` turns the kept
+    groups back into a mask of the leaf's shape. Subclasses: `Unstructured` (every entry its own
+    group), `Block`, `Channel`, and `NByM` (which selects within its groups itself).
+    """
+
+    def group(self, scores: Array) -> Array:
+        """The scores of the groups (default: every entry is its own group)."""
+        return scores
+
+    def expand(self, keep: Array, shape: tuple[int, ...]) -> Array:
+        """A mask of `shape` from the keep flags of the groups."""
+        return keep.reshape(shape)
 
     def check(self, shape: tuple[int, ...], path: str) -> None:
         """Raise a `ValueError` naming `path` if a leaf of this shape cannot take this sparsity type."""
 
     @property
     def needs_target(self) -> bool:
-        """Whether `mask` uses the target sparsity (False for N:M and evidence thresholds)."""
+        """Whether a target sparsity decides the mask (False for N:M, where n/m does)."""
         return True
+
+    def mask(self, scores: Array, sparsity: Sparsity, path: str = "leaf") -> Array:
+        """A bool mask of `scores`' shape pruning (about) a fraction `sparsity` of the groups."""
+        scores = _sanitize(scores)
+        self.check(scores.shape, path)
+        return self.expand(topk_mask(self.group(scores), sparsity), scores.shape)
 
 
 class Unstructured(AbstractSparsityType):
     """Any individual entries may be pruned (top-k over the whole leaf)."""
-
-    def mask(self, scores: Array, sparsity: Sparsity, path: str = "leaf") -> Array:
-        return topk_mask(scores, sparsity)
 
 
 class NByM(AbstractSparsityType):
@@ -171,20 +183,6 @@ class NByM(AbstractSparsityType):
         return jnp.moveaxis(keep.reshape(moved.shape), -1, self.axis)
 
 
-def _pool_scores(scores: Array, block: tuple[int, ...], pool: str) -> Array:
-    split = []
-    for d, b in zip(scores.shape, block):
-        split += [d // b, b]
-    reduce = jnp.max if pool == "max" else jnp.mean
-    return reduce(scores.reshape(split), axis=tuple(range(1, 2 * scores.ndim, 2)))
-
-
-def _unpool(mask: Array, block: tuple[int, ...]) -> Array:
-    for axis, b in enumerate(block):
-        mask = jnp.repeat(mask, b, axis=axis)
-    return mask
-
-
 class Block(AbstractSparsityType):
     """Prune whole blocks: scores are pooled (`"mean"` or `"max"`) over blocks of `shape` on the
     leading axes (missing trailing block sizes are 1) and the top blocks are kept."""
@@ -208,11 +206,17 @@ class Block(AbstractSparsityType):
                 "must divide the matching axis."
             )
 
-    def mask(self, scores: Array, sparsity: Sparsity, path: str = "leaf") -> Array:
-        scores = _sanitize(scores)
-        self.check(scores.shape, path)
-        full = self._full(scores.ndim)
-        return _unpool(topk_mask(_pool_scores(scores, full, self.pool), sparsity), full)
+    def group(self, scores: Array) -> Array:
+        split = []
+        for d, b in zip(scores.shape, self._full(scores.ndim)):
+            split += [d // b, b]
+        reduce = jnp.max if self.pool == "max" else jnp.mean
+        return reduce(scores.reshape(split), axis=tuple(range(1, 2 * scores.ndim, 2)))
+
+    def expand(self, keep: Array, shape: tuple[int, ...]) -> Array:
+        for axis, b in enumerate(self._full(len(shape))):
+            keep = jnp.repeat(keep, b, axis=axis)
+        return keep
 
 
 class Channel(AbstractSparsityType):
@@ -227,33 +231,12 @@ class Channel(AbstractSparsityType):
             raise ValueError(f"Channel axis {self.axis} is out of range for `{path}` of shape {shape}.")
 
     def group(self, scores: Array) -> Array:
-        """One score per channel: the sum over every other axis."""
         axis = self.axis % scores.ndim
         return jnp.sum(scores, axis=tuple(a for a in range(scores.ndim) if a != axis))
 
     def expand(self, keep: Array, shape: tuple[int, ...]) -> Array:
-        """A per-channel keep vector broadcast to a leaf of `shape`."""
         axis = self.axis % len(shape)
         return jnp.broadcast_to(jnp.expand_dims(keep, tuple(a for a in range(len(shape)) if a != axis)), shape)
-
-    def mask(self, scores: Array, sparsity: Sparsity, path: str = "leaf") -> Array:
-        scores = _sanitize(scores)
-        self.check(scores.shape, path)
-        return self.expand(topk_mask(self.group(scores), sparsity), scores.shape)
-
-
-class Threshold(AbstractSparsityType):
-    """Keep every entry whose score is `>= value` (and at least the best entry of each leaf); the
-    data, not a target, decide the sparsity."""
-
-    value: float = 0.0
-
-    @property
-    def needs_target(self) -> bool:
-        return False
-
-    def mask(self, scores: Array, sparsity: Sparsity = 0.0, path: str = "leaf") -> Array:
-        return keep_best(threshold_mask(scores, self.value), scores)
 
 
 def sparsity_type(value: "AbstractSparsityType | str") -> AbstractSparsityType:
@@ -273,7 +256,7 @@ def sparsity_type(value: "AbstractSparsityType | str") -> AbstractSparsityType:
             return NByM(int(parts[0]), int(parts[1]))
     raise ValueError(
         f"Unknown sparsity type {value!r}; use 'unstructured', 'channel', 'block', an 'N:M' string like "
-        "'2:4', or an instance of bmr_eqx.Unstructured / NByM / Block / Channel / Threshold."
+        "'2:4', or an instance of bmr_eqx.Unstructured / NByM / Block / Channel."
     )
 
 

@@ -129,3 +129,25 @@ def test_ste_bmr_needs_and_uses_straight_through_masks():
     assert bool(jnp.any(jnp.where(pruned, grads.model.layers[0].weight, 0.0) != 0))  # gradients pass through
     # Optimizers leave straight-through pruned weights alone, so they can come back.
     assert bx.mask_updates(jax.tree.map(jnp.ones_like, bx.trainable(post.mean)), post.mean).model.layers[0].weight.min() == 1.0
+
+
+def test_adaptive_bmr_channels_by_group_delta_f():
+    post = posterior(filter_spec=eqx.is_inexact_array)
+    for threshold in (-5.0, 0.0, 5.0):
+        pruned = bx.AdaptiveBMR(threshold, sparsity_type="channel").prune(post)
+        for i in range(2):
+            group = bx.group_delta_f(delta_f(post, i), 0, delta_f(post, i, "bias"))
+            keep = group <= threshold
+            keep = keep.at[jnp.argmin(group)].set(True)  # the best neuron of a layer always stays
+            masks = pruned.mean.masks.layers[i]
+            np.testing.assert_array_equal(masks.bias, keep)
+            np.testing.assert_array_equal(masks.weight, jnp.broadcast_to(keep[:, None], masks.weight.shape))
+    with pytest.raises(ValueError, match="N:M fixes it"):
+        bx.AdaptiveBMR(sparsity_type="2:4")
+
+
+def test_adaptive_bmr_never_empties_a_layer():
+    post = posterior()
+    post = eqx.tree_at(lambda p: p.mean.model.layers[1].weight, post, jnp.zeros((4, 16)))  # every ΔF > 0
+    pruned = bx.AdaptiveBMR().prune(post)
+    assert int(pruned.mean.masks.layers[1].weight.sum()) == 1
