@@ -143,3 +143,14 @@ def test_hess_update_every_refreshes_curvature_only_on_schedule():
         changed.append(bool(jnp.any(new.hess.model.w != post.hess.model.w)))
         post = new
     assert changed == [True, False, False, True, False, False, True]
+
+
+def test_posterior_serialise_round_trip(tmp_path):
+    post = bx.BMRPruning(sparsity=0.5).prune(make())
+    post = eqx.tree_at(lambda p: p.hess.model.w, post, post.hess.model.w * 3.0)
+    path = tmp_path / "posterior.eqx"
+    eqx.tree_serialise_leaves(path, post)
+    loaded = eqx.tree_deserialise_leaves(path, make())
+    for a, b in zip(jax.tree.leaves(post), jax.tree.leaves(loaded)):
+        np.testing.assert_array_equal(a, b)
+    assert loaded.ess == post.ess and loaded.weight_decay == post.weight_decay
