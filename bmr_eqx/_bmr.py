@@ -13,6 +13,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ._posterior import Posterior, check_prior
 from ._select import PyTree
+from ._trainable import trainable
 
 Scalar = float | int | Float[ArrayLike, ""]
 
@@ -113,8 +114,6 @@ def spike_and_slab_mask(delta_f: Float[ArrayLike, "*shape"], num_iters: int = 20
 
 def posterior_delta_f(posterior: Posterior) -> PyTree:
     """Spike ΔF of every trainable weight of `posterior`, shaped like `posterior.hess`."""
-    from ._trainable import trainable
-
     return jax.tree.map(
         lambda m, h: delta_f_spike(m, h, posterior.ess, posterior.weight_decay),
         trainable(posterior.mean),

@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ._bmr import delta_f_spike
+
 
 def magnitude_score(weight: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
     """|w|."""
@@ -22,8 +24,6 @@ def random_score(key: PRNGKeyArray, shape: tuple[int, ...]) -> Float[Array, "*sh
 
 def evidence_score(mean: Float[Array, "*shape"], hess: Float[Array, "*shape"], ess: float | int, weight_decay: float | int) -> Float[Array, "*shape"]:
     """−ΔF of switching each weight off (BMR.md §2): high = the evidence wants the weight kept."""
-    from ._bmr import delta_f_spike
-
     return -delta_f_spike(mean, hess, ess, weight_decay)
 
 

@@ -130,3 +130,13 @@ def test_spike_and_slab():
     assert float(zeta) == pytest.approx(float(digamma(1 + q.sum()) - digamma(1 + (1 - q).sum())), abs=1e-5)
     # With every ΔF negative and large, everything is kept.
     assert bool(bx.spike_and_slab_mask(jnp.full(10, -50.0)).all())
+
+
+def test_posterior_delta_f_covers_every_trainable_weight():
+    import equinox as eqx
+
+    post = bx.Posterior(bx.Sparse(eqx.nn.MLP(3, 2, 4, 1, key=jax.random.key(0))), ess=100.0, weight_decay=0.1)
+    df = bx.posterior_delta_f(post)
+    w, h = post.mean.model.layers[0].weight, post.hess.model.layers[0].weight
+    np.testing.assert_allclose(df.model.layers[0].weight, bx.delta_f_spike(w, h, 100.0, 0.1))
+    assert len(jax.tree.leaves(df)) == 4 and jax.tree.leaves(df.masks) == []

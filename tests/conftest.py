@@ -1,3 +1,0 @@
-import jax
-
-jax.config.update("jax_enable_x64", False)
