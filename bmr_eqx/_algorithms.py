@@ -135,7 +135,7 @@ class AbstractPruner(eqx.Module):
 
     # ---- the shared machinery -------------------------------------------------------------------
 
-    def _leaves(self, model: PyTree, grads: PyTree, key: PRNGKeyArray | None) -> tuple[Sparse, list, list[Leaf]]:
+    def _leaves(self, model: PyTree, grads: PyTree, key: PRNGKeyArray | None) -> list[Leaf]:
         sparse = find_sparse(model)
         entries = mask_leaves(sparse.model, sparse.masks)
         flat_grads = _model_grads(grads, sparse)
@@ -167,11 +167,12 @@ class AbstractPruner(eqx.Module):
                     None if post is None else post.weight_decay,
                 )
             )
-        return sparse, idx, leaves
+        return leaves
 
-    def masks_for(self, model: PyTree, sparsity_at: Any, *, grads: PyTree = None, key: PRNGKeyArray | None = None) -> PyTree:
-        """New masks for the `Sparse` in `model` (a masks tree), each leaf at `sparsity_at(target)`."""
-        sparse, idx, leaves = self._leaves(model, grads, key)
+    def _new_masks(self, model: PyTree, sparsity_at: Any, grads: PyTree, key: PRNGKeyArray | None) -> list[Array]:
+        """New masks of the prunable leaves of the `Sparse` in `model`, in flattening order, each
+        leaf at `sparsity_at(its target)`."""
+        leaves = self._leaves(model, grads, key)
         scores = []
         for leaf in leaves:
             s = self.score(leaf)
@@ -179,13 +180,8 @@ class AbstractPruner(eqx.Module):
                 s = normalize_score(s)
             scores.append(jnp.where(leaf.mask, s, -jnp.inf) if self.monotone else s)
         if self.distribution == "global":
-            new = global_topk_masks(scores, sparsity_at(self.sparsity))
-        else:
-            new = self._per_leaf_masks(leaves, scores, sparsity_at)
-        flat = [m for _, _, m in mask_leaves(sparse.model, sparse.masks)]
-        for i, m in zip(idx, new):
-            flat[i] = m
-        return jax.tree.structure(sparse.model).unflatten(flat)
+            return global_topk_masks(scores, sparsity_at(self.sparsity))
+        return self._per_leaf_masks(leaves, scores, sparsity_at)
 
     def _per_leaf_masks(self, leaves: list[Leaf], scores: list[Array], sparsity_at: Any) -> list[Array]:
         stype = self.sparsity_type
@@ -242,11 +238,10 @@ class AbstractPruner(eqx.Module):
         sparse = find_sparse(model)
         step = jnp.asarray(step)
         do = self.schedule.is_update_step(step)
-        flat_old = _prunable_masks(sparse, sparse.masks)
+        flat_old = [m for _, _, m in mask_leaves(sparse.model, sparse.masks) if m is not None]
 
         def recompute():
-            masks = self.masks_for(model, lambda t: self.schedule.sparsity(step, t), grads=grads, key=key)
-            return _prunable_masks(sparse, masks)
+            return self._new_masks(model, lambda t: self.schedule.sparsity(step, t), grads, key)
 
         # Only the masks go through lax.cond: carrying the weights too costs a copy every step.
         if isinstance(do, jax.core.Tracer):
@@ -272,13 +267,8 @@ class AbstractPruner(eqx.Module):
         if not isinstance(model, (Sparse, Posterior)):
             model = Sparse(model)
         sparse = find_sparse(model)
-        masks = self.masks_for(model, lambda t: t, grads=grads, key=key)
-        return replace_sparse(model, _with_masks(sparse, _prunable_masks(sparse, masks), zero_weights=True))
-
-
-def _prunable_masks(sparse: Sparse, masks: PyTree) -> list[Array]:
-    """The masks of the prunable leaves as a flat list of arrays (what `lax.cond` carries)."""
-    return [m for m in jax.tree.structure(sparse.model).flatten_up_to(masks) if m is not None]
+        masks = self._new_masks(model, lambda t: t, grads, key)
+        return replace_sparse(model, _with_masks(sparse, masks, zero_weights=True))
 
 
 def _with_masks(sparse: Sparse, masks: list[Array], zero_weights: bool) -> Sparse:
@@ -403,13 +393,13 @@ class SteBMRPruning(AbstractPruner):
     def score(self, leaf: Leaf) -> Array:
         return _evidence(leaf)
 
-    def masks_for(self, model: PyTree, sparsity_at: Any, *, grads: PyTree = None, key: PRNGKeyArray | None = None) -> PyTree:
+    def _new_masks(self, model: PyTree, sparsity_at: Any, grads: PyTree, key: PRNGKeyArray | None) -> list[Array]:
         if not find_sparse(model).straight_through:
             raise ValueError(
                 "SteBMRPruning needs straight-through masks: build the model as "
                 "`Posterior(Sparse(model, straight_through=True), ...)`."
             )
-        return super().masks_for(model, sparsity_at, grads=grads, key=key)
+        return super()._new_masks(model, sparsity_at, grads, key)
 
 
 class AdaptiveBMR(AbstractPruner):

@@ -12,12 +12,8 @@ from jaxtyping import Array, Int, PRNGKeyArray
 
 from ._optim import mask_updates
 from ._posterior import Posterior
-from ._select import PyTree
+from ._select import PyTree, is_none
 from ._trainable import trainable
-
-
-def _is_none(x: Any) -> bool:
-    return x is None
 
 
 def noisy_value_and_grad(loss_fn: Callable[..., Array], *, mc_samples: int = 1) -> Callable[..., tuple[Array, Posterior]]:
@@ -57,7 +53,7 @@ def noisy_value_and_grad(loss_fn: Callable[..., Array], *, mc_samples: int = 1) 
         scale = 1.0 / mc_samples
         g_mean = jax.tree.map(lambda x: x * scale, g_sum)
         h_mean = jax.tree.map(lambda x: x * scale, h_sum)
-        grads = eqx.tree_at(lambda p: (p.mean, p.hess), posterior, (g_mean, h_mean), is_leaf=_is_none)
+        grads = eqx.tree_at(lambda p: (p.mean, p.hess), posterior, (g_mean, h_mean), is_leaf=is_none)
         return loss * scale, grads
 
     return step
@@ -144,7 +140,7 @@ def ivon(
         d_mean = jax.tree.map(mean_step, momentum, trainable(post.mean), hess)
         d_mean = mask_updates(d_mean, post.mean)
         d_hess = jax.tree.map(lambda a, b: a - b, hess, post.hess)
-        updates = eqx.tree_at(lambda p: (p.mean, p.hess), post, (d_mean, d_hess), is_leaf=_is_none)
+        updates = eqx.tree_at(lambda p: (p.mean, p.hess), post, (d_mean, d_hess), is_leaf=is_none)
         return updates, IVONState(momentum, count)
 
     return optax.GradientTransformation(init_fn, update_fn)

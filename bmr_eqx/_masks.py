@@ -77,6 +77,7 @@ def topk_mask(scores: Float[ArrayLike, "*shape"], sparsity: Sparsity) -> Bool[Ar
     """Unstructured mask keeping the `max(1, round(n·(1−sparsity)))` highest scores.
 
     `sparsity` may be traced (no recompilation when it changes). Ties keep the lower flat index.
+    Scores are compared as float32 (float64 scores that differ only beyond float32 precision tie).
 
     **Arguments:**
 

@@ -9,13 +9,9 @@ import optax
 from jaxtyping import Array, Int
 
 from ._schedules import AbstractSchedule
-from ._select import PyTree
+from ._select import PyTree, is_none
 from ._sparse import Sparse
 from ._trainable import trainable
-
-
-def _is_none(x: Any) -> bool:
-    return x is None
 
 
 def mask_tree(params: PyTree) -> PyTree:
@@ -28,8 +24,8 @@ def mask_tree(params: PyTree) -> PyTree:
             return None
         if node.straight_through:
             return jax.tree.map(lambda _: None, node)
-        nones = jax.tree.map(lambda _: None, node.masks, is_leaf=_is_none)
-        return eqx.tree_at(lambda s: (s.model, s.masks), node, (node.masks, nones), is_leaf=_is_none)
+        nones = jax.tree.map(lambda _: None, node.masks, is_leaf=is_none)
+        return eqx.tree_at(lambda s: (s.model, s.masks), node, (node.masks, nones), is_leaf=is_none)
 
     return jax.tree.map(at, params, is_leaf=lambda x: isinstance(x, Sparse))
 
@@ -41,7 +37,7 @@ def _select(tree: PyTree, params: PyTree, pruned: Any) -> PyTree:
         tree,
         mask_tree(params),
         params,
-        is_leaf=_is_none,
+        is_leaf=is_none,
     )
 
 

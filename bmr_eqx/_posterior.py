@@ -9,12 +9,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
 from ._optim import mask_tree, mask_updates
-from ._select import PyTree
+from ._select import PyTree, is_none
 from ._trainable import trainable
-
-
-def _is_none(x: Any) -> bool:
-    return x is None
 
 
 def check_prior(ess: float | int, weight_decay: float | int) -> None:
@@ -94,7 +90,7 @@ class Posterior(eqx.Module):
             lambda e, m: e if m is None else jnp.where(m, e, jnp.zeros((), e.dtype)),
             eps,
             mask_tree(self.mean),
-            is_leaf=_is_none,
+            is_leaf=is_none,
         )
 
     def perturbed(self, eps: PyTree) -> PyTree:

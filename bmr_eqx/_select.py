@@ -9,6 +9,11 @@ import jax
 PyTree = Any
 
 
+def is_none(x: Any) -> bool:
+    """`is_leaf` for tree maps that must see `None` (masks and optional statistics) as a leaf."""
+    return x is None
+
+
 def path_str(path: Sequence[Any]) -> str:
     """The readable name of a leaf path, e.g. `layers[0].weight`."""
     return jax.tree_util.keystr(tuple(path)).lstrip(".")

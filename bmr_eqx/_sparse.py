@@ -7,11 +7,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._select import PyTree, leaves_with_paths, prunable_spec
-
-
-def _is_none(x: Any) -> bool:
-    return x is None
+from ._select import PyTree, is_none, leaves_with_paths, prunable_spec
 
 
 def mask_leaves(model: PyTree, masks: PyTree) -> list[tuple[str, Any, Any]]:
@@ -56,7 +52,7 @@ def apply_masks(model: PyTree, masks: PyTree) -> PyTree:
         lambda m, w: w if m is None else jnp.where(m, w, jnp.zeros((), w.dtype)),
         masks,
         model,
-        is_leaf=_is_none,
+        is_leaf=is_none,
     )
 
 
