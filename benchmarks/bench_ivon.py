@@ -46,8 +46,8 @@ def make_runners(width, depth, batch, steps):
     def ivon_step_for(pruner):
         @eqx.filter_jit(donate="all")
         def step(post, s, i):
-            _, g = value_and_grad(post, jax.random.fold_in(jax.random.key(0), i))
-            u, s = ivon.update(g, s, post)
+            _, g, h = value_and_grad(post, jax.random.fold_in(jax.random.key(0), i))
+            u, s = ivon.update(g, s, post, hess_estimate=h)
             post = eqx.apply_updates(post, u)
             if pruner is not None:
                 post = pruner.update(post, i)

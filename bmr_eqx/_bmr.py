@@ -1,4 +1,4 @@
-"""Bayesian model reduction for mean-field Gaussian posteriors (BMR.md §2).
+"""Bayesian model reduction for mean-field Gaussian posteriors (see the docs' BMR theory page).
 
 Sign convention: `ΔF = ln p̃(y) − ln p(y)` (reduced minus full). `ΔF > 0` means the reduced model
 (the weight switched off, or shrunk) has more evidence: prune it.
@@ -12,8 +12,7 @@ from jax.scipy.special import digamma
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from ._posterior import Posterior, check_prior
-from ._select import PyTree
-from ._trainable import trainable
+from ._tree import trainable_params
 
 Scalar = float | int | Float[ArrayLike, ""]
 
@@ -92,7 +91,7 @@ def group_delta_f(
 
 
 def spike_and_slab_threshold(delta_f: Float[ArrayLike, "*shape"], num_iters: int = 20) -> Float[Array, ""]:
-    """The evidence threshold ζ of a spike-and-slab prior with a fitted inclusion rate (BMR.md §2,
+    """The evidence threshold ζ of a spike-and-slab prior with a fitted inclusion rate (see the docs' BMR theory page,
     after Marković et al.): from ζ = 0 repeat `q = sigmoid(ζ − ΔF)`, `α = 1 + Σq`,
     `β = 1 + Σ(1 − q)`, `ζ = ψ(α) − ψ(β)`. Keep a weight iff `ΔF ≤ ζ`."""
     delta_f = jnp.asarray(delta_f)
@@ -112,11 +111,14 @@ def spike_and_slab_mask(delta_f: Float[ArrayLike, "*shape"], num_iters: int = 20
     return delta_f <= spike_and_slab_threshold(delta_f, num_iters)
 
 
-def posterior_delta_f(posterior: Posterior) -> PyTree:
-    """Spike ΔF of every trainable weight of `posterior`, shaped like `posterior.hess`."""
-    return jax.tree.map(
-        lambda m, h: delta_f_spike(m, h, posterior.ess, posterior.weight_decay),
-        trainable(posterior.mean),
-        posterior.hess,
-    )
+def posterior_delta_f(posterior: Posterior) -> dict[str, Array]:
+    """Spike ΔF of every trainable weight of `posterior`, keyed by path like `posterior.hess`.
 
+    **Arguments:** `posterior`: a `Posterior`.
+
+    **Returns:** a dict from path to an array of ΔF, shaped like the weight.
+    """
+    return {
+        p.path: delta_f_spike(p.leaf, posterior.hess[p.path], posterior.ess, posterior.weight_decay)
+        for p in trainable_params(posterior.mean)
+    }

@@ -2,34 +2,55 @@
 
 import math
 from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
 
 Distribution = str | Mapping[str, float | None]
 
 DISTRIBUTIONS = ("uniform", "erk", "global")
 
 
-def check_sparsity(value: float | None, what: str = "sparsity") -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{what} must be a number in [0, 1), got {value!r}.")
+def as_sparsity(value: Any, what: str = "sparsity") -> Any:
+    """A sparsity as a Python float in `[0, 1)` (None stays None). Python, NumPy and 0-d JAX numbers
+    are accepted; a traced value is returned as it is (top-k then clamps it into `[0, 1)`)."""
+    if value is None or isinstance(value, jax.core.Tracer):
+        return value
+    if not isinstance(value, bool):
+        try:
+            arr = np.asarray(value)
+        except Exception:  # noqa: BLE001 - anything not array-like is rejected below
+            arr = None
+        if arr is not None and arr.ndim == 0 and (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            v = float(arr)
+            if 0.0 <= v < 1.0:
+                return v
+    raise ValueError(f"{what} must be a number in [0, 1), got {value!r}.")
 
 
-def check_distribution(distribution: Distribution) -> None:
+def as_distribution(distribution: Distribution) -> Distribution:
+    """Check a distribution; a custom map is copied (so later edits of the caller's dict change
+    nothing) with its sparsities as Python floats."""
     if isinstance(distribution, Mapping):
-        for path, value in distribution.items():
-            check_sparsity(value, f"the sparsity of `{path}` in the custom distribution")
-    elif distribution not in DISTRIBUTIONS:
+        return {path: as_sparsity(v, f"the sparsity of `{path}` in the custom distribution") for path, v in distribution.items()}
+    if distribution not in DISTRIBUTIONS:
         raise ValueError(
             f"Unknown distribution {distribution!r}; use one of {DISTRIBUTIONS} or a dict mapping leaf paths "
             "(like 'layers[0].weight') to a sparsity or None."
         )
+    return distribution
 
 
 def erk_sparsities(shapes: Mapping[str, tuple[int, ...]], sparsity: float) -> dict[str, float]:
     """Erdős–Rényi-kernel sparsities: density of a leaf ∝ sum(shape)/prod(shape), scaled so the
     kept count equals `(1 − sparsity)` of all entries; leaves that would exceed density 1 are made
-    dense (the largest first) and the rest rescaled."""
+    dense (the largest first) and the rest rescaled.
+
+    **Arguments:** `shapes`, a map from leaf path to shape; `sparsity`, the overall target.
+
+    **Returns:** a map from leaf path to its sparsity.
+    """
     sizes = {p: math.prod(s) for p, s in shapes.items()}
     raw = {p: sum(s) / sizes[p] for p, s in shapes.items()}
     target = (1.0 - sparsity) * sum(sizes.values())
@@ -54,9 +75,14 @@ def leaf_sparsities(
     `distribution` is `"uniform"`, `"erk"`, or a dict from leaf path to sparsity (None = dense);
     leaves absent from the dict get `sparsity`. `"global"` is not a per-leaf distribution: the
     pruners handle it with one top-k over all leaves.
+
+    **Arguments:** `shapes`, a map from leaf path to shape; `sparsity`, the overall target;
+    `distribution`, as above.
+
+    **Returns:** a map from leaf path to its sparsity (None = dense).
     """
-    check_sparsity(sparsity)
-    check_distribution(distribution)
+    sparsity = as_sparsity(sparsity)
+    distribution = as_distribution(distribution)
     if isinstance(distribution, Mapping):
         unknown = sorted(set(distribution) - set(shapes))
         if unknown:

@@ -1,7 +1,7 @@
 """IVON (Shen et al., 2024) as an optax transformation over a `Posterior`, and its noisy gradient."""
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -10,57 +10,78 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Int, PRNGKeyArray
 
-from ._optim import mask_updates
 from ._posterior import Posterior
-from ._select import PyTree, is_none
-from ._trainable import trainable
+from ._tree import PyTree, flatten_like_trainable, keep_pruned_at_zero, trainable, trainable_params
 
 
-def noisy_value_and_grad(loss_fn: Callable[..., Array], *, mc_samples: int = 1) -> Callable[..., tuple[Array, Posterior]]:
-    """The Monte-Carlo value-and-grad step of IVON (BMR.md §1).
+def _check_posterior(x: Any, who: str) -> Posterior:
+    if not isinstance(x, Posterior):
+        raise TypeError(f"{who} needs a bmr_eqx.Posterior, got {type(x).__name__}: wrap the model as "
+                        "`bmr_eqx.Posterior(model, ess=...)`.")
+    return x
+
+
+def noisy_value_and_grad(
+    loss_fn: Callable[..., Any], *, mc_samples: int = 1, has_aux: bool = False
+) -> Callable[..., tuple[Any, PyTree, dict[str, Array]]]:
+    """The Monte-Carlo value-and-grad step of IVON (see the docs' IVON theory page).
 
     `noisy_value_and_grad(loss_fn)(posterior, key, *args)` draws `mc_samples` models
     `θ_s = m + σ·ε_s` (pruned weights: 0, no noise), evaluates `loss_fn(θ_s, *args)` (the mean
-    per-example loss of a minibatch) and returns `(loss, grads)` where `grads` has the structure of
-    the posterior: `grads.mean` = mean_s ∇ℓ(θ_s) and `grads.hess` = mean_s ∇ℓ(θ_s)·ε_s/σ (the
-    reparameterisation curvature estimate). Pass them to `ivon().update(grads, state, posterior)`.
+    per-example loss of a minibatch) and returns `(value, grads, hess_estimate)`:
+
+    - `value`: the loss averaged over the samples (with `has_aux=True`: `(loss, aux)`, the `aux` of
+      the first sample, e.g. a `BatchNorm` model's new `State`);
+    - `grads`: `mean_s ∇ℓ(θ_s)`, shaped like `bmr_eqx.trainable(posterior)`: an ordinary gradient
+      that any optax transformation may clip or scale;
+    - `hess_estimate`: the reparameterisation curvature estimate `mean_s ∇ℓ(θ_s)·ε_s/σ`, keyed by
+      path like `posterior.hess`. Pass it to `ivon` as an extra argument,
+      `opt.update(grads, state, posterior, hess_estimate=hess_estimate)`, so that no transformation
+      chained with `ivon` ever treats it as a gradient.
 
     **Arguments:**
 
-    - `loss_fn`: `loss_fn(model, *args) -> scalar`, the same function one would give to
-      `eqx.filter_value_and_grad`.
+    - `loss_fn`: `loss_fn(model, *args) -> scalar` (or `(scalar, aux)` with `has_aux`), the same
+      function one would give to `eqx.filter_value_and_grad`.
     - `mc_samples`: the number S of sampled models per step (unrolled). With S = 1 the noise is
       `posterior.noise(key)`; otherwise `posterior.noise(k)` for `k in jax.random.split(key, S)`.
-    """
-    if not isinstance(mc_samples, int) or mc_samples < 1:
-        raise ValueError(f"mc_samples must be an integer >= 1, got {mc_samples!r}.")
-    value_and_grad = eqx.filter_value_and_grad(loss_fn)
+    - `has_aux`: whether `loss_fn` returns `(loss, aux)`.
 
-    def step(posterior: Posterior, key: PRNGKeyArray, *args: Any, **kwargs: Any) -> tuple[Array, Posterior]:
-        if not isinstance(posterior, Posterior):
-            raise TypeError(f"noisy_value_and_grad needs a bmr_eqx.Posterior, got {type(posterior).__name__}.")
+    **Returns:** a function `(posterior, key, *args, **kwargs) -> (value, grads, hess_estimate)`.
+    """
+    if not isinstance(mc_samples, int) or isinstance(mc_samples, bool) or mc_samples < 1:
+        raise ValueError(f"mc_samples must be an integer >= 1, got {mc_samples!r}.")
+    value_and_grad = eqx.filter_value_and_grad(loss_fn, has_aux=has_aux)
+
+    def step(posterior: Posterior, key: PRNGKeyArray, *args: Any, **kwargs: Any):
+        _check_posterior(posterior, "noisy_value_and_grad")
+        ps = trainable_params(posterior.mean)
         sigma = posterior.std()
-        loss, g_sum, h_sum = 0.0, None, None
         keys = [key] if mc_samples == 1 else list(jax.random.split(key, mc_samples))
-        for k in keys:
+        loss, aux, g_sum, h_sum = 0.0, None, None, None
+        for i, k in enumerate(keys):
             eps = posterior.noise(k)
             value, g = value_and_grad(posterior.perturbed(eps), *args, **kwargs)
-            g = eqx.filter(g, eqx.is_inexact_array)
-            h = jax.tree.map(lambda gi, e, s: gi * e / s, g, eps, sigma)
+            if has_aux:
+                value, a = value
+                aux = a if i == 0 else aux
+            g = flatten_like_trainable(posterior.mean, eqx.filter(g, eqx.is_inexact_array), "The gradient")
+            h = [None if gi is None else gi * eps[p.path] / sigma[p.path] for p, gi in zip(ps, g)]
             loss = loss + value
-            g_sum = g if g_sum is None else jax.tree.map(jnp.add, g_sum, g)
-            h_sum = h if h_sum is None else jax.tree.map(jnp.add, h_sum, h)
+            g_sum = g if g_sum is None else [a + b for a, b in zip(g_sum, g)]
+            h_sum = h if h_sum is None else [a + b for a, b in zip(h_sum, h)]
         scale = 1.0 / mc_samples
-        g_mean = jax.tree.map(lambda x: x * scale, g_sum)
-        h_mean = jax.tree.map(lambda x: x * scale, h_sum)
-        grads = eqx.tree_at(lambda p: (p.mean, p.hess), posterior, (g_mean, h_mean), is_leaf=is_none)
-        return loss * scale, grads
+        g_mean = [None if x is None else x * jnp.asarray(scale, x.dtype) for x in g_sum]
+        hess_estimate = {p.path: x * jnp.asarray(scale, x.dtype) for p, x in zip(ps, h_sum) if x is not None}
+        grads = jax.tree.structure(trainable(posterior)).unflatten(g_mean)
+        loss = loss * scale
+        return ((loss, aux) if has_aux else loss), grads, hess_estimate
 
     return step
 
 
 class IVONState(NamedTuple):
-    """`momentum`: the gradient momentum g (shaped like `trainable(posterior.mean)`); `count`: steps taken."""
+    """`momentum`: the gradient momentum g (shaped like `trainable(posterior)`); `count`: steps taken."""
 
     momentum: PyTree
     count: Int[Array, ""]
@@ -74,17 +95,21 @@ def ivon(
     clip_radius: float = math.inf,
     rescale_lr: bool = True,
     hess_update_every: int = 1,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """The IVON optimizer (Shen et al., "Variational Learning is Effective for Large Deep Networks",
-    ICML 2024) as an optax `GradientTransformation` over a `Posterior` (BMR.md §1).
+    ICML 2024) as an optax transformation over a `Posterior` (see the docs' IVON theory page).
 
-    Use it with `noisy_value_and_grad`: `init(posterior)`, then
-    `updates, state = opt.update(grads, state, posterior)` and
+    Use it with `noisy_value_and_grad`: `state = opt.init(posterior)`, then
+    `updates, state = opt.update(grads, state, posterior, hess_estimate=hess_estimate)` and
     `posterior = eqx.apply_updates(posterior, updates)`, which moves the mean and the curvature
     `hess` together. The prior (`weight_decay` δ), `ess` and `hess_init` live on the `Posterior`.
+    The curvature estimate arrives as the extra argument `hess_estimate`, never inside the
+    gradient, so transformations chained before `ivon` (clipping, scaling) change only the
+    gradient; `optax.chain` passes extra arguments to every member.
 
     Per step: `g ← b1·g + (1−b1)·ĝ`; `h ← b2·h + (1−b2)·ĥ + ½(1−b2)²(h−ĥ)²/(h+δ)` (keeps h > 0);
-    `m ← m − α·clip((g/(1−b1^t) + δ·m)/(h+δ), ±clip_radius)`.
+    `m ← m − α·clip((g/(1−b1^t) + δ·m)/(h+δ), ±clip_radius)`. Everything is computed in each
+    weight's own dtype (a `bfloat16` posterior stays `bfloat16`).
 
     **Arguments:**
 
@@ -95,7 +120,8 @@ def ivon(
       the paper's learning rates apply unchanged); blrax does not (use `rescale_lr=False` to match).
     - `hess_update_every`: refresh the curvature only every k steps (default 1: every step).
 
-    Pruned weights of a `Sparse` mean get updates that bring them to exactly 0 and keep them there.
+    **Returns:** an `optax.GradientTransformationExtraArgs`. Pruned weights of a `Sparse` mean get
+    updates that bring them to exactly 0 and keep them there.
     """
     if not 0 <= b1 < 1 or not 0 <= b2 < 1:
         raise ValueError(f"b1 and b2 must be in [0, 1), got b1={b1}, b2={b2}.")
@@ -104,43 +130,50 @@ def ivon(
     if not isinstance(hess_update_every, int) or hess_update_every < 1:
         raise ValueError(f"hess_update_every must be an integer >= 1, got {hess_update_every!r}.")
 
-    def check(params: Any) -> Posterior:
-        if not isinstance(params, Posterior):
-            raise TypeError(
-                f"ivon updates a bmr_eqx.Posterior (pass the posterior as params), got {type(params).__name__}."
-            )
-        return params
-
     def init_fn(params: PyTree) -> IVONState:
-        post = check(params)
-        return IVONState(jax.tree.map(jnp.zeros_like, trainable(post.mean)), jnp.zeros((), jnp.int32))
+        post = _check_posterior(params, "ivon.init")
+        return IVONState(jax.tree.map(jnp.zeros_like, trainable(post)), jnp.zeros((), jnp.int32))
 
-    def update_fn(grads: PyTree, state: IVONState, params: PyTree = None) -> tuple[Posterior, IVONState]:
-        post = check(params)
-        if not isinstance(grads, Posterior):
-            raise TypeError("ivon needs grads with the Posterior structure: use bmr_eqx.noisy_value_and_grad.")
+    def update_fn(
+        grads: PyTree,
+        state: IVONState,
+        params: PyTree = None,
+        *,
+        hess_estimate: Mapping[str, Array] | None = None,
+        **extra_args: Any,
+    ) -> tuple[PyTree, IVONState]:
+        del extra_args
+        post = _check_posterior(params, "ivon.update (pass the posterior as params)")
+        if hess_estimate is None:
+            raise TypeError(
+                "ivon needs the curvature estimate: `opt.update(grads, state, posterior, hess_estimate=h)` with "
+                "`value, grads, h = bmr_eqx.noisy_value_and_grad(loss_fn)(posterior, key, ...)`."
+            )
+        ps = trainable_params(post.mean)
+        g_hat = flatten_like_trainable(post, grads, "grads")
+        g_old = flatten_like_trainable(post, state.momentum, "The IVON momentum")
         delta = post.weight_decay
         count = state.count + 1
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
         alpha = lr * (post.hess_init + delta) if rescale_lr else lr
         refresh = state.count % hess_update_every == 0
-        momentum = jax.tree.map(lambda g, gh: b1 * g + (1 - b1) * gh, state.momentum, grads.mean)
-
-        def new_h(h, hh):
-            h_next = b2 * h + (1 - b2) * hh + 0.5 * (1 - b2) ** 2 * (h - hh) ** 2 / (h + delta)
-            return jnp.where(refresh, h_next, h)
-
-        hess = jax.tree.map(new_h, post.hess, grads.hess)
         debias = 1 - b1 ** count.astype(jnp.float32)
 
-        def mean_step(g, m, h):
-            step = (g / debias + delta * m) / (h + delta)
-            return -alpha * jnp.clip(step, -clip_radius, clip_radius)
+        momentum, d_mean, d_hess = [], [], {}
+        for p, gh, g in zip(ps, g_hat, g_old):
+            dt = p.leaf.dtype
+            h, hh = post.hess[p.path], hess_estimate[p.path]
+            g = b1 * g + (1 - b1) * gh
+            h_next = b2 * h + (1 - b2) * hh + 0.5 * (1 - b2) ** 2 * (h - hh) ** 2 / (h + delta)
+            h_new = jnp.where(refresh, h_next, h).astype(h.dtype)
+            step = (g / debias.astype(dt) + delta * p.leaf) / (h_new + delta)
+            momentum.append(g)
+            d_mean.append((-jnp.asarray(alpha, dt) * jnp.clip(step, -clip_radius, clip_radius)).astype(dt))
+            d_hess[p.path] = h_new - h
+        d_mean = keep_pruned_at_zero(ps, d_mean)
+        mean_updates = jax.tree.structure(trainable(post.mean)).unflatten(d_mean)
+        updates = eqx.tree_at(lambda q: (q.mean, q.hess), post, (mean_updates, d_hess), is_leaf=lambda x: x is None)
+        new_momentum = jax.tree.structure(trainable(post)).unflatten(momentum)
+        return updates, IVONState(new_momentum, count)
 
-        d_mean = jax.tree.map(mean_step, momentum, trainable(post.mean), hess)
-        d_mean = mask_updates(d_mean, post.mean)
-        d_hess = jax.tree.map(lambda a, b: a - b, hess, post.hess)
-        updates = eqx.tree_at(lambda p: (p.mean, p.hess), post, (d_mean, d_hess), is_leaf=is_none)
-        return updates, IVONState(momentum, count)
-
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -7,7 +7,6 @@ flat (row-major) index, so masks are deterministic. NaN scores count as `-inf` (
 
 import math
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
@@ -16,14 +15,15 @@ Sparsity = float | Float[ArrayLike, ""]
 
 
 def keep_count(size: int, sparsity: Sparsity) -> int | Int[Array, ""]:
-    """How many of `size` entries a mask of sparsity `sparsity` keeps: `max(1, round(size·(1−s)))`.
+    """How many of `size` entries a mask of sparsity `sparsity` keeps: `round(size·(1−s))` clipped to
+    `[1, size]`, so a sparsity outside `[0, 1)` is clamped into it (the same on every backend).
 
     Exact (Python arithmetic) for a Python float `sparsity`; for a traced one, float32 arithmetic.
     """
     if isinstance(sparsity, (int, float)):
-        return max(1, round(size * (1.0 - sparsity)))
+        return min(size, max(1, round(size * (1.0 - sparsity))))
     s = jnp.asarray(sparsity, jnp.float32)
-    return jnp.maximum(1, jnp.round(size * (1.0 - s))).astype(jnp.int32)
+    return jnp.clip(jnp.round(size * (1.0 - s)), 1, size).astype(jnp.int32)
 
 
 def _sanitize(scores: Array) -> Array:
@@ -82,7 +82,8 @@ def topk_mask(scores: Float[ArrayLike, "*shape"], sparsity: Sparsity) -> Bool[Ar
     **Arguments:**
 
     - `scores`: array of any shape; higher = more important.
-    - `sparsity`: fraction of entries to prune, in `[0, 1)`.
+    - `sparsity`: fraction of entries to prune, in `[0, 1)`; a traced value outside it is clamped
+      (at least one entry is always kept, at most all).
 
     **Returns:** a bool array of the shape of `scores`, `True` where kept.
     """
@@ -94,7 +95,12 @@ def topk_mask(scores: Float[ArrayLike, "*shape"], sparsity: Sparsity) -> Bool[Ar
 
 
 def threshold_mask(scores: Float[ArrayLike, "*shape"], threshold: Float[ArrayLike, ""] | float) -> Bool[Array, "*shape"]:
-    """Keep every entry whose score is `>= threshold` (NaN scores are pruned)."""
+    """Keep every entry whose score is `>= threshold` (NaN scores are pruned).
+
+    **Arguments:** `scores` of any shape; `threshold`, a scalar.
+
+    **Returns:** a bool array of the shape of `scores`, `True` where kept.
+    """
     return _sanitize(scores) >= threshold
 
 
@@ -111,159 +117,24 @@ def _rank_along_last(scores: Array) -> Array:
     return jnp.argsort(order, axis=-1, stable=True)
 
 
-class AbstractSparsityType(eqx.Module):
-    """The structure of a mask: which entries are pruned together.
-
-    A type pools a leaf's scores into groups (`group`), a selection rule keeps some groups (top-k
-    at a target sparsity, or an evidence threshold for `AdaptiveBMR`), and `expand` turns the kept
-    groups back into a mask of the leaf's shape. Subclasses: `Unstructured` (every entry its own
-    group), `Block`, `Channel`, and `NByM` (which selects within its groups itself).
-    """
-
-    def group(self, scores: Array) -> Array:
-        """The scores of the groups (default: every entry is its own group)."""
-        return scores
-
-    def expand(self, keep: Array, shape: tuple[int, ...]) -> Array:
-        """A mask of `shape` from the keep flags of the groups."""
-        return keep.reshape(shape)
-
-    def check(self, shape: tuple[int, ...], path: str) -> None:
-        """Raise a `ValueError` naming `path` if a leaf of this shape cannot take this sparsity type."""
-
-    @property
-    def needs_target(self) -> bool:
-        """Whether a target sparsity decides the mask (False for N:M, where n/m does)."""
-        return True
-
-    def mask(self, scores: Array, sparsity: Sparsity, path: str = "leaf") -> Array:
-        """A bool mask of `scores`' shape pruning (about) a fraction `sparsity` of the groups."""
-        scores = _sanitize(scores)
-        self.check(scores.shape, path)
-        return self.expand(topk_mask(self.group(scores), sparsity), scores.shape)
-
-
-class Unstructured(AbstractSparsityType):
-    """Any individual entries may be pruned (top-k over the whole leaf)."""
-
-
-class NByM(AbstractSparsityType):
-    """N:M sparsity: keep `n` of every `m` consecutive entries along `axis` (default: the last,
-    which is the input axis of an `eqx.nn.Linear` weight, as sparse tensor cores expect)."""
-
-    n: int
-    m: int
-    axis: int = -1
-
-    def __check_init__(self):
-        if not (isinstance(self.n, int) and isinstance(self.m, int) and 0 < self.m):
-            raise ValueError(f"N:M needs positive integers, got n={self.n!r}, m={self.m!r}.")
-        if self.n > self.m or self.n < 1:
-            raise ValueError(f"N:M needs 1 <= n <= m, got n={self.n}, m={self.m}.")
-
-    @property
-    def needs_target(self) -> bool:
-        return False
-
-    def check(self, shape: tuple[int, ...], path: str) -> None:
-        if not -len(shape) <= self.axis < len(shape):
-            raise ValueError(f"N:M axis {self.axis} is out of range for `{path}` of shape {shape}.")
-        length = shape[self.axis]
-        if length % self.m:
-            raise ValueError(
-                f"N:M with m={self.m} needs the length of axis {self.axis} of `{path}` (shape {shape}) to be "
-                f"divisible by {self.m}; leave this leaf out of pruning or choose another m or axis."
-            )
-
-    def mask(self, scores: Array, sparsity: Sparsity = 0.0, path: str = "leaf") -> Array:
-        scores = _sanitize(scores)
-        self.check(scores.shape, path)
-        moved = jnp.moveaxis(scores, self.axis, -1)
-        groups = moved.reshape(*moved.shape[:-1], moved.shape[-1] // self.m, self.m)
-        keep = _rank_along_last(groups) < self.n
-        return jnp.moveaxis(keep.reshape(moved.shape), -1, self.axis)
-
-
-class Block(AbstractSparsityType):
-    """Prune whole blocks: scores are pooled (`"mean"` or `"max"`) over blocks of `shape` on the
-    leading axes (missing trailing block sizes are 1) and the top blocks are kept."""
-
-    shape: tuple[int, ...] = (4, 4)
-    pool: str = "mean"
-
-    def __check_init__(self):
-        if self.pool not in ("mean", "max"):
-            raise ValueError(f"Block pool must be 'mean' or 'max', got {self.pool!r}.")
-        if not self.shape or any((not isinstance(b, int)) or b < 1 for b in self.shape):
-            raise ValueError(f"Block shape must be positive integers, got {self.shape!r}.")
-
-    def _full(self, ndim: int) -> tuple[int, ...]:
-        return tuple(self.shape) + (1,) * (ndim - len(self.shape))
-
-    def check(self, shape: tuple[int, ...], path: str) -> None:
-        if len(self.shape) > len(shape) or any(d % b for d, b in zip(shape, self._full(len(shape)))):
-            raise ValueError(
-                f"Block shape {tuple(self.shape)} does not tile `{path}` of shape {shape}; every block size "
-                "must divide the matching axis."
-            )
-
-    def group(self, scores: Array) -> Array:
-        split = []
-        for d, b in zip(scores.shape, self._full(scores.ndim)):
-            split += [d // b, b]
-        reduce = jnp.max if self.pool == "max" else jnp.mean
-        return reduce(scores.reshape(split), axis=tuple(range(1, 2 * scores.ndim, 2)))
-
-    def expand(self, keep: Array, shape: tuple[int, ...]) -> Array:
-        for axis, b in enumerate(self._full(len(shape))):
-            keep = jnp.repeat(keep, b, axis=axis)
-        return keep
-
-
-class Channel(AbstractSparsityType):
-    """Prune whole slices along `axis` (default 0: output neurons of `eqx.nn.Linear`, filters of
-    `eqx.nn.Conv`), ranked by the sum of their scores (the L1 norm for magnitude, the group ΔF for
-    BMR). A pruner also prunes a layer's bias with its channels when the bias is prunable."""
-
-    axis: int = 0
-
-    def check(self, shape: tuple[int, ...], path: str) -> None:
-        if not -len(shape) <= self.axis < len(shape):
-            raise ValueError(f"Channel axis {self.axis} is out of range for `{path}` of shape {shape}.")
-
-    def group(self, scores: Array) -> Array:
-        axis = self.axis % scores.ndim
-        return jnp.sum(scores, axis=tuple(a for a in range(scores.ndim) if a != axis))
-
-    def expand(self, keep: Array, shape: tuple[int, ...]) -> Array:
-        axis = self.axis % len(shape)
-        return jnp.broadcast_to(jnp.expand_dims(keep, tuple(a for a in range(len(shape)) if a != axis)), shape)
-
-
-def sparsity_type(value: "AbstractSparsityType | str") -> AbstractSparsityType:
-    """Normalise a sparsity type: an `AbstractSparsityType`, `"unstructured"`, `"channel"`, or `"N:M"`
-    such as `"2:4"`."""
-    if isinstance(value, AbstractSparsityType):
-        return value
-    if isinstance(value, str):
-        if value == "unstructured":
-            return Unstructured()
-        if value == "channel":
-            return Channel()
-        if value == "block":
-            return Block()
-        parts = value.split(":")
-        if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
-            return NByM(int(parts[0]), int(parts[1]))
-    raise ValueError(
-        f"Unknown sparsity type {value!r}; use 'unstructured', 'channel', 'block', an 'N:M' string like "
-        "'2:4', or an instance of bmr_eqx.Unstructured / NByM / Block / Channel."
-    )
+def nm_mask(scores: Float[ArrayLike, "*shape"], n: int, m: int, axis: int = -1) -> Bool[Array, "*shape"]:
+    """N:M mask: keep the `n` highest of every `m` consecutive scores along `axis` (ties: lower index).
+    The length of `axis` must be divisible by `m`."""
+    scores = _sanitize(scores)
+    moved = jnp.moveaxis(scores, axis, -1)
+    groups = moved.reshape(*moved.shape[:-1], moved.shape[-1] // m, m)
+    keep = _rank_along_last(groups) < n
+    return jnp.moveaxis(keep.reshape(moved.shape), -1, axis)
 
 
 def global_topk_masks(scores: list[Array], sparsity: Sparsity) -> list[Array]:
     """One top-k over the concatenation of `scores` (flattened in order); ties keep the earlier leaf
-    and lower index. Returns one mask per input, shaped like it."""
+    and lower index.
+
+    **Arguments:** `scores`, a list of arrays; `sparsity`, the fraction of all their entries to prune.
+
+    **Returns:** one bool mask per input, shaped like it.
+    """
     flat = jnp.concatenate([_sanitize(s).reshape(-1) for s in scores])
     keep = topk_mask(flat, sparsity)
     sizes = [math.prod(s.shape) for s in scores]

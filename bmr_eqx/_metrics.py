@@ -3,22 +3,30 @@
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from ._select import PyTree
-from ._sparse import find_sparse, mask_leaves
+from ._sites import find_sites, join_path, no_sparse_error
+from ._tree import PyTree
 
 
-def _masks_by_path(model: PyTree) -> dict[str, Array]:
-    sparse = find_sparse(model)
-    return {p: m for p, _, m in mask_leaves(sparse.model, sparse.masks) if m is not None}
+def masks_by_path(model: PyTree) -> dict[str, Array]:
+    """Every mask of every `Sparse` in `model`, keyed by plain path from the root."""
+    sites = find_sites(model)
+    if not sites:
+        raise no_sparse_error(model)
+    return {join_path(s.prefix, k): m for s in sites for k, m in s.sparse.masks.items()}
 
 
 def sparsity_summary(model: PyTree) -> dict[str, Float[Array, ""]]:
     """Fraction of pruned entries of every prunable leaf (keyed by path, e.g. `layers[0].weight`)
     and over all of them (key `"total"`).
 
-    **Arguments:** `model`: a `Sparse` (or a `Posterior` of one).
+    **Arguments:** `model`: any pytree holding `Sparse` models (a `Sparse`, a `Posterior` of one, a
+    module with a `Sparse` part, a tuple of models). Paths leave out the wrappers' own hops
+    (`Sparse.model`, `Posterior.mean`): an MLP's first weight is `layers[0].weight` in a `Sparse`
+    and in a `Posterior(Sparse(...))` alike.
+
+    **Returns:** a dict from path to the fraction of pruned entries (a JAX scalar).
     """
-    masks = _masks_by_path(model)
+    masks = masks_by_path(model)
     out = {p: jnp.sum(~m) / m.size for p, m in masks.items()}
     size = sum(m.size for m in masks.values())
     out["total"] = sum(jnp.sum(~m) for m in masks.values()) / size
@@ -29,9 +37,11 @@ def mask_intersection(a: PyTree, b: PyTree) -> dict[str, Float[Array, ""]]:
     """Per prunable leaf, the fraction of `a`'s kept entries that `b` keeps too, and the same over
     all leaves (key `"total"`). 1.0 means `b` keeps everything `a` keeps.
 
-    **Arguments:** `a`, `b`: two `Sparse` models (or Posteriors of them) with the same structure.
+    **Arguments:** `a`, `b`: two models holding `Sparse` models with the same prunable leaves.
+
+    **Returns:** a dict from path to the fraction (a JAX scalar).
     """
-    ma, mb = _masks_by_path(a), _masks_by_path(b)
+    ma, mb = masks_by_path(a), masks_by_path(b)
     if ma.keys() != mb.keys():
         raise ValueError(f"The two models have different prunable leaves: {sorted(ma)} vs {sorted(mb)}.")
     both = {p: jnp.sum(ma[p] & mb[p]) for p in ma}
@@ -42,12 +52,22 @@ def mask_intersection(a: PyTree, b: PyTree) -> dict[str, Float[Array, ""]]:
 
 
 def accuracy(probs: Float[ArrayLike, "batch classes"], labels: Int[ArrayLike, " batch"]) -> Float[Array, ""]:
-    """Fraction of examples whose most probable class is the label (works on logits too)."""
+    """Fraction of examples whose most probable class is the label (works on logits too).
+
+    **Arguments:** `probs` (or logits) of shape `(batch, classes)`; integer `labels`.
+
+    **Returns:** a scalar.
+    """
     return jnp.mean(jnp.argmax(probs, -1) == jnp.asarray(labels))
 
 
 def nll(probs: Float[ArrayLike, "batch classes"], labels: Int[ArrayLike, " batch"]) -> Float[Array, ""]:
-    """Mean negative log-likelihood `−log p(label)` of predicted probabilities (clipped at 1e-12)."""
+    """Mean negative log-likelihood `−log p(label)` of predicted probabilities (clipped at 1e-12).
+
+    **Arguments:** `probs` of shape `(batch, classes)`; integer `labels`.
+
+    **Returns:** a scalar.
+    """
     picked = jnp.take_along_axis(jnp.asarray(probs), jnp.asarray(labels)[:, None], axis=-1)[:, 0]
     return -jnp.mean(jnp.log(jnp.clip(picked, 1e-12, 1.0)))
 
@@ -56,7 +76,12 @@ def expected_calibration_error(
     probs: Float[ArrayLike, "batch classes"], labels: Int[ArrayLike, " batch"], num_bins: int = 15
 ) -> Float[Array, ""]:
     """Expected calibration error with `num_bins` equal-width confidence bins:
-    `Σ_b (n_b / N)·|accuracy_b − confidence_b|`, confidence = the top probability."""
+    `Σ_b (n_b / N)·|accuracy_b − confidence_b|`, confidence = the top probability.
+
+    **Arguments:** `probs` of shape `(batch, classes)`; integer `labels`; `num_bins`.
+
+    **Returns:** a scalar.
+    """
     if not isinstance(num_bins, int) or num_bins < 1:
         raise ValueError(f"num_bins must be an integer >= 1, got {num_bins!r}.")
     probs = jnp.asarray(probs)
@@ -70,7 +95,12 @@ def expected_calibration_error(
 def classification_metrics(
     probs: Float[ArrayLike, "batch classes"], labels: Int[ArrayLike, " batch"], num_bins: int = 15
 ) -> dict[str, Float[Array, ""]]:
-    """`{"accuracy", "nll", "ece"}` of predicted probabilities, e.g. of `posterior.predict(...)`."""
+    """`{"accuracy", "nll", "ece"}` of predicted probabilities, e.g. of `posterior.predict(...)`.
+
+    **Arguments:** as for `expected_calibration_error`.
+
+    **Returns:** a dict of scalars.
+    """
     return {
         "accuracy": accuracy(probs, labels),
         "nll": nll(probs, labels),

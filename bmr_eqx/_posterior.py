@@ -1,19 +1,17 @@
 """`Posterior`: a mean-field Gaussian posterior over a model's trainable weights."""
 
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
-from ._optim import mask_tree, mask_updates
-from ._select import PyTree, is_none
-from ._trainable import trainable
+from ._tree import AbstractWrapper, PyTree, is_wrapper, keep_pruned_at_zero, trainable_params, unflatten_like_trainable
 
 
-def check_prior(ess: float | int, weight_decay: float | int) -> None:
+def check_prior(ess: Any, weight_decay: Any) -> None:
     """Reject an effective sample size or weight decay (prior precision per example) that is not > 0."""
     for name, value in (("ess", ess), ("weight_decay", weight_decay)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -23,80 +21,102 @@ def check_prior(ess: float | int, weight_decay: float | int) -> None:
             )
 
 
-class Posterior(eqx.Module):
+class Posterior(AbstractWrapper):
     """A mean-field Gaussian posterior `q(θ) = N(mean, 1/(ess·(hess + weight_decay)))` over the
-    trainable leaves of a model, with prior `N(0, 1/(ess·weight_decay))` (BMR.md §1).
+    trainable leaves of a model, with prior `N(0, 1/(ess·weight_decay))` (see the docs' IVON and
+    BMR theory pages).
 
     **Fields:**
 
-    - `mean`: the model holding the posterior means (any model, usually a `Sparse`).
-    - `hess`: IVON's diagonal curvature `h`, a tree shaped like `bmr_eqx.trainable(mean)`.
-      It is a posterior statistic, not a parameter: `bmr_eqx.trainable` leaves it out.
+    - `mean`: the model holding the posterior means (any model; it may be or hold `Sparse` models).
+    - `hess`: IVON's diagonal curvature `h` of every trainable weight, a dict keyed by the weight's
+      path (`"layers[0].weight"`; the `.model` hop of a `Sparse` is left out, as in
+      `sparsity_summary`). It is a posterior statistic, not a parameter: `bmr_eqx.trainable` leaves
+      it out.
     - `ess`: the effective sample size λ (usually the training-set size).
     - `weight_decay`: δ, the prior precision per example.
     - `hess_init`: the initial curvature (used by `ivon(rescale_lr=True)`).
 
     Calling a `Posterior` calls the mean model. Pruned weights of a `Sparse` mean are never
     sampled away from 0.
+
+    **Arguments:** `mean`, `ess`, `weight_decay` (default 1e-4), `hess_init` (default 1.0) as above;
+    `hess`: start from this curvature instead of `hess_init` everywhere.
     """
 
     mean: PyTree
-    hess: PyTree
+    hess: dict[str, Any]
     ess: float = eqx.field(static=True)
     weight_decay: float = eqx.field(static=True)
     hess_init: float = eqx.field(static=True)
-    statistics_fields: ClassVar[tuple[str, ...]] = ("hess",)
 
     def __init__(
-        self, mean: PyTree, *, ess: float | int, weight_decay: float | int = 1e-4, hess_init: float | int = 1.0, hess: PyTree = None
+        self,
+        mean: PyTree,
+        *,
+        ess: float | int,
+        weight_decay: float | int = 1e-4,
+        hess_init: float | int = 1.0,
+        hess: Mapping[str, Any] | None = None,
     ):
         check_prior(ess, weight_decay)
         if isinstance(hess_init, bool) or not isinstance(hess_init, (int, float)) or hess_init < 0:
             raise ValueError(f"hess_init must be a number >= 0, got {hess_init!r}.")
-        if isinstance(mean, Posterior):
-            raise TypeError("The model is already a Posterior.")
+        if any(isinstance(x, Posterior) for x in jax.tree.leaves(mean, is_leaf=is_wrapper)):
+            raise TypeError("The model already holds a Posterior; a Posterior cannot hold another.")
         self.mean = mean
         self.ess = float(ess)
         self.weight_decay = float(weight_decay)
         self.hess_init = float(hess_init)
         if hess is None:
-            hess = jax.tree.map(lambda w: jnp.full(w.shape, hess_init, w.dtype), trainable(mean))
-        self.hess = hess
+            hess = {p.path: jnp.full(p.leaf.shape, hess_init, p.leaf.dtype) for p in trainable_params(mean)}
+        self.hess = dict(hess)
 
     def __check_init__(self):
-        try:
-            jax.tree.structure(trainable(self.mean)).flatten_up_to(self.hess)
-        except (ValueError, TypeError):
-            raise ValueError("hess must have the structure of bmr_eqx.trainable(mean).") from None
+        ps = {p.path: p.leaf for p in trainable_params(self.mean)}
+        if set(ps) != set(self.hess):
+            missing, extra = sorted(set(ps) - set(self.hess)), sorted(set(self.hess) - set(ps))
+            raise ValueError(
+                f"hess must have one entry per trainable weight of mean; missing {missing[:5]}, unknown {extra[:5]}."
+            )
+        for path, h in self.hess.items():
+            if getattr(h, "shape", None) != ps[path].shape:
+                raise ValueError(f"hess of `{path}` has shape {getattr(h, 'shape', None)}, the weight {ps[path].shape}.")
+
+    def inner(self) -> PyTree:
+        return self.mean
+
+    def without_statistics(self) -> "Posterior":
+        return eqx.tree_at(lambda p: p.hess, self, {k: None for k in self.hess}, is_leaf=lambda x: x is None)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Calls the mean model."""
         return self.mean(*args, **kwargs)
 
-    def precision(self) -> PyTree:
-        """The posterior precision `ess·(hess + weight_decay)` of every trainable weight."""
-        return jax.tree.map(lambda h: self.ess * (h + self.weight_decay), self.hess)
+    def precision(self) -> dict[str, Array]:
+        """The posterior precision `ess·(hess + weight_decay)` of every trainable weight, by path."""
+        return {k: self.ess * (h + self.weight_decay) for k, h in self.hess.items()}
 
-    def std(self) -> PyTree:
-        """The posterior standard deviation `σ = 1/sqrt(ess·(hess + weight_decay))`."""
-        return jax.tree.map(lambda h: jax.lax.rsqrt(self.ess * (h + self.weight_decay)), self.hess)
+    def std(self) -> dict[str, Array]:
+        """The posterior standard deviation `σ = 1/sqrt(ess·(hess + weight_decay))`, by path."""
+        return {k: jax.lax.rsqrt(self.ess * (h + self.weight_decay)) for k, h in self.hess.items()}
 
-    def noise(self, key: PRNGKeyArray) -> PyTree:
-        """Standard normal noise `ε` shaped like `hess`, exactly 0 on pruned weights."""
-        leaves, treedef = jax.tree.flatten(self.hess)
-        keys = jax.random.split(key, max(1, len(leaves)))
-        eps = treedef.unflatten([jax.random.normal(k, h.shape, h.dtype) for k, h in zip(keys, leaves)])
-        return jax.tree.map(
-            lambda e, m: e if m is None else jnp.where(m, e, jnp.zeros((), e.dtype)),
-            eps,
-            mask_tree(self.mean),
-            is_leaf=is_none,
-        )
+    def noise(self, key: PRNGKeyArray) -> dict[str, Array]:
+        """Standard normal noise `ε` of every trainable weight (by path), exactly 0 on pruned weights."""
+        ps = trainable_params(self.mean)
+        keys = jax.random.split(key, max(1, len(ps)))
+        out = {}
+        for p, k in zip(ps, keys):
+            e = jax.random.normal(k, p.leaf.shape, p.leaf.dtype)
+            out[p.path] = e if p.mask is None else jnp.where(p.mask, e, jnp.zeros((), e.dtype))
+        return out
 
-    def perturbed(self, eps: PyTree) -> PyTree:
+    def perturbed(self, eps: Mapping[str, Array]) -> PyTree:
         """The mean model moved to `mean + σ·eps` (pruned weights stay exactly 0)."""
-        shift = jax.tree.map(lambda e, s: e * s, eps, self.std())
-        return eqx.apply_updates(self.mean, mask_updates(shift, self.mean))
+        ps = trainable_params(self.mean)
+        std = self.std()
+        shifts = keep_pruned_at_zero(ps, [eps[p.path] * std[p.path] for p in ps])
+        return eqx.apply_updates(self.mean, unflatten_like_trainable(self.mean, shifts))
 
     def sample(self, key: PRNGKeyArray) -> PyTree:
         """A model drawn from q (same type as `mean`)."""
@@ -110,6 +130,8 @@ class Posterior(eqx.Module):
         - `fn`: maps a model to outputs, e.g. `lambda m: jax.nn.softmax(jax.vmap(m)(x))`.
         - `key`: a PRNG key.
         - `num_samples`: how many models to draw.
+
+        **Returns:** the average of `fn` over the sampled models.
         """
         keys = jax.random.split(key, num_samples)
         return jax.lax.map(lambda k: fn(self.sample(k)), keys).mean(0)

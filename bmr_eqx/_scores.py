@@ -1,37 +1,123 @@
-"""Leaf-wise score functions: higher score = more important = kept longer."""
+"""Scores: what makes one pruning algorithm differ from another. Higher score = kept longer."""
 
+import abc
+from typing import ClassVar, NamedTuple
+
+import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, PRNGKeyArray
 
 from ._bmr import delta_f_spike
 
 
-def magnitude_score(weight: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+class Leaf(NamedTuple):
+    """What a score sees of one prunable leaf.
+
+    - `path`: its plain path, e.g. `"layers[0].weight"` (`"encoder.layers[0].weight"` for a
+      `Sparse` encoder inside a bigger module);
+    - `weight`: the (mean) weight, pruned entries at 0 (for a straight-through `Sparse`: the dense
+      stored weight, which keeps training);
+    - `mask`: its current mask;
+    - `grad`: its gradient (None unless `grads=` was given);
+    - `key`: a PRNG key for this leaf (None unless `key=` was given);
+    - `hess`, `ess`, `weight_decay`: the posterior's curvature and prior (None unless the leaf is in
+      a `Posterior`).
+    """
+
+    path: str
+    weight: Array
+    mask: Array
+    grad: Array | None = None
+    key: PRNGKeyArray | None = None
+    hess: Array | None = None
+    ess: float | None = None
+    weight_decay: float | None = None
+
+
+class AbstractScore(eqx.Module):
+    """A leaf-wise score: `score(leaf) -> array shaped like leaf.weight`, higher = keep.
+
+    A new pruning algorithm is a new score: subclass this, set `requires` to the `Leaf` fields
+    the score reads beyond `weight` and `mask` (`"grad"`, `"key"`, `"hess"`), and use it in
+    `bmr_eqx.Pruner(MyScore(), bmr_eqx.TopK(0.9))`. The pruner checks that they are given.
+    """
+
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    @abc.abstractmethod
+    def __call__(self, leaf: Leaf) -> Array:
+        """The scores of one leaf, shaped like `leaf.weight`."""
+
+
+class Magnitude(AbstractScore):
     """|w|."""
-    return jnp.abs(weight)
+
+    def __call__(self, leaf: Leaf) -> Array:
+        return jnp.abs(leaf.weight)
 
 
-def saliency_score(weight: Float[Array, "*shape"], grad: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
-    """|w·g|: the first-order Taylor estimate of the loss change from removing w."""
-    return jnp.abs(weight * grad)
+class Saliency(AbstractScore):
+    """|w·g|: the first-order Taylor estimate of the loss change from removing w (needs `grads=`)."""
+
+    requires: ClassVar[tuple[str, ...]] = ("grad",)
+
+    def __call__(self, leaf: Leaf) -> Array:
+        return jnp.abs(leaf.weight * leaf.grad)
 
 
-def random_score(key: PRNGKeyArray, shape: tuple[int, ...]) -> Float[Array, "*shape"]:
-    """Uniform random scores."""
-    return jax.random.uniform(key, shape)
+class Random(AbstractScore):
+    """Uniform random scores (needs `key=`)."""
+
+    requires: ClassVar[tuple[str, ...]] = ("key",)
+
+    def __call__(self, leaf: Leaf) -> Array:
+        return jax.random.uniform(leaf.key, leaf.weight.shape)
 
 
-def evidence_score(mean: Float[Array, "*shape"], hess: Float[Array, "*shape"], ess: float | int, weight_decay: float | int) -> Float[Array, "*shape"]:
-    """−ΔF of switching each weight off (BMR.md §2): high = the evidence wants the weight kept."""
-    return -delta_f_spike(mean, hess, ess, weight_decay)
+class Evidence(AbstractScore):
+    """−ΔF of switching each weight off (the spike reduced prior; see the docs' BMR page): high =
+    the evidence wants the weight kept. Needs a `Posterior`."""
+
+    requires: ClassVar[tuple[str, ...]] = ("hess",)
+
+    def __call__(self, leaf: Leaf) -> Array:
+        return -delta_f_spike(leaf.weight, leaf.hess, leaf.ess, leaf.weight_decay)
 
 
-def signal_to_noise_score(mean: Float[Array, "*shape"], hess: Float[Array, "*shape"], ess: float | int, weight_decay: float | int) -> Float[Array, "*shape"]:
-    """|μ|/σ with σ = 1/sqrt(λ(h + δ))."""
-    return jnp.abs(mean) * jnp.sqrt(ess * (hess + weight_decay))
+class SignalToNoise(AbstractScore):
+    """|μ|/σ with σ = 1/sqrt(λ(h + δ)). Needs a `Posterior`."""
+
+    requires: ClassVar[tuple[str, ...]] = ("hess",)
+
+    def __call__(self, leaf: Leaf) -> Array:
+        return jnp.abs(leaf.weight) * jnp.sqrt(leaf.ess * (leaf.hess + leaf.weight_decay))
 
 
-def normalize_score(score: Float[Array, "*shape"], eps: float = 1e-8) -> Float[Array, "*shape"]:
-    """`score / (‖score‖₂ + eps)`: puts leaves on one scale before a global ranking."""
-    return score / (jnp.linalg.norm(score.reshape(-1)) + eps)
+class PosteriorPrecision(AbstractScore):
+    """The curvature h: the weights the data informed least (posterior precision λ(h + δ) nearest
+    the prior's λδ, the largest posterior variance) go first. Needs a `Posterior`."""
+
+    requires: ClassVar[tuple[str, ...]] = ("hess",)
+
+    def __call__(self, leaf: Leaf) -> Array:
+        return leaf.hess
+
+
+class Normalized(AbstractScore):
+    """`score / (‖score‖₂ + eps)` per leaf: puts leaves on one scale before a global ranking (as
+    JaxPruner's global pruners do).
+
+    **Arguments:** `score`, the score to normalise; `eps`, added to the norm.
+    """
+
+    score: AbstractScore
+    eps: float = 1e-8
+
+    @property
+    def requires(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.score.requires
+
+    def __call__(self, leaf: Leaf) -> Array:
+        s = self.score(leaf)
+        return s / (jnp.linalg.norm(s.reshape(-1)) + self.eps)

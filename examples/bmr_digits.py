@@ -28,8 +28,9 @@ import optax
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(__file__))
-import bmr_eqx as bx  # noqa: E402
 from digits_data import load_digits_split  # noqa: E402
+
+import bmr_eqx as bx  # noqa: E402
 
 HPARAMS = dict(learning_rate=0.2, b2=0.9998, weight_decay=1e-3, hess_init=0.1, batch_size=64, width=256, pred_samples=32)
 
@@ -65,8 +66,8 @@ def train(pruner, data, *, steps, seed, hp=HPARAMS, label=""):
     def step(post, state, step, key):
         k_batch, k_noise = jax.random.split(key)
         idx = jax.random.randint(k_batch, (hp["batch_size"],), 0, x_tr.shape[0])
-        loss, grads = value_and_grad(post, k_noise, x_tr[idx], y_tr[idx])
-        updates, state = opt.update(grads, state, post)
+        loss, grads, hess_estimate = value_and_grad(post, k_noise, x_tr[idx], y_tr[idx])
+        updates, state = opt.update(grads, state, post, hess_estimate=hess_estimate)
         post = eqx.apply_updates(post, updates)
         return pruner.update(post, step), state, loss
 

@@ -60,8 +60,8 @@ def main(argv=None):
 
     keys = jax.random.split(k_init, 2)
     start = eqx.tree_at(
-        lambda m: [l.weight for l in m.layers], teacher,
-        [l.weight + 0.3 * jax.random.normal(k, l.weight.shape) for l, k in zip(teacher.layers, keys)],
+        lambda m: [layer.weight for layer in m.layers], teacher,
+        [layer.weight + 0.3 * jax.random.normal(k, layer.weight.shape) for layer, k in zip(teacher.layers, keys)],
     )
     post = bx.Posterior(bx.Sparse(start), ess=args.samples, weight_decay=1e-3, hess_init=50.0)
     opt = bx.ivon(optax.cosine_decay_schedule(0.01, args.steps), b2=0.999)
@@ -76,14 +76,15 @@ def main(argv=None):
     def step(post, state, key):
         k_batch, k_eps = jax.random.split(key)
         idx = jax.random.randint(k_batch, (128,), 0, args.samples)
-        loss, grads = value_and_grad(post, k_eps, x[idx], y[idx])
-        updates, state = opt.update(grads, state, post)
+        loss, grads, hess_estimate = value_and_grad(post, k_eps, x[idx], y[idx])
+        updates, state = opt.update(grads, state, post, hess_estimate=hess_estimate)
         return eqx.apply_updates(post, updates), state, loss
 
     for key in tqdm(jax.random.split(k_run, args.steps), desc="IVON", mininterval=1.0):
         post, state, loss = step(post, state, key)
 
-    truth = [l.weight for l in true_masks.layers]
+    paths = sorted(true_masks)  # the prunable leaves: "layers[0].weight", "layers[1].weight"
+    truth = [true_masks[p] for p in paths]
     true_sparsity = 1 - sum(int(t.sum()) for t in truth) / sum(t.size for t in truth)
     adaptive = bx.AdaptiveBMR(threshold=0.0).prune(post)
     found = float(bx.sparsity_summary(adaptive)["total"])
@@ -98,7 +99,7 @@ def main(argv=None):
     print(f"{'method':<28}{'sparsity':>10}{'precision':>11}{'recall':>9}{'test MSE':>11}")
     out = {}
     for name, pruned in rows.items():
-        kept = [l.weight for l in pruned.mean.masks.layers]
+        kept = [pruned.mean.masks[p] for p in paths]
         precision, recall = recovery(kept, truth)
         mse = float(jnp.mean((jax.vmap(pruned)(x_test)[:, 0] - y_test) ** 2))
         sparsity = float(bx.sparsity_summary(pruned)["total"])

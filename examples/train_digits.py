@@ -18,8 +18,9 @@ import optax
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(__file__))
-import bmr_eqx as bx  # noqa: E402
 from digits_data import load_digits_split  # noqa: E402
+
+import bmr_eqx as bx  # noqa: E402
 
 
 def accuracy(model, x, y):
@@ -109,8 +110,8 @@ def main(argv=None):
     acc_dense, acc_sparse = float(accuracy(dense, x_te, y_te)), float(accuracy(sparse, x_te, y_te))
     summary = bx.sparsity_summary(sparse)
     print(f"\n{'leaf':<22}{'shape':>12}{'sparsity':>10}")
-    for path, leaf in zip(summary, [l.weight for l in sparse.model.layers]):
-        print(f"{path:<22}{str(tuple(leaf.shape)):>12}{float(summary[path]):>10.3f}")
+    for path, mask in sparse.masks.items():  # masks: {leaf path: bool array of the leaf's shape}
+        print(f"{path:<22}{tuple(mask.shape)!s:>12}{float(summary[path]):>10.3f}")
     print(f"{'total':<22}{'':>12}{float(summary['total']):>10.3f}")
     print(f"\ntest accuracy: dense {acc_dense:.4f}   pruned {acc_sparse:.4f}   (difference {acc_sparse - acc_dense:+.4f})")
     os.makedirs(args.out, exist_ok=True)

@@ -4,40 +4,53 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import mlp
 
 import bmr_eqx as bx
 
-
-def mlp(key=0):
-    return eqx.nn.MLP(16, 4, 32, 2, key=jax.random.key(key))
+PATHS = ["layers[0].weight", "layers[1].weight", "layers[2].weight"]
 
 
 def weights(s):
-    return [l.weight for l in s.model.layers], [l.weight for l in s.masks.layers]
+    """The stored weights and the masks of the three MLP layers of a `Sparse`, in layer order."""
+    return [layer.weight for layer in s.model.layers], [s.masks[p] for p in PATHS]
 
 
 def test_magnitude_uniform_keeps_largest_per_layer():
     s = bx.MagnitudePruning(sparsity=0.75).prune(mlp())
-    for w0, m in zip([l.weight for l in mlp().layers], weights(s)[1]):
+    assert list(s.masks) == PATHS
+    for w0, m in zip([layer.weight for layer in mlp().layers], weights(s)[1]):
         np.testing.assert_array_equal(m, bx.topk_mask(jnp.abs(w0), 0.75))
     assert all(bool(jnp.all(jnp.where(m, 0, w) == 0)) for w, m in zip(*weights(s)))
 
 
 @pytest.mark.parametrize(
-    "stype,check",
+    "kwargs,check",
     [
-        ("2:4", lambda m: bool(jnp.all(m.reshape(m.shape[0], -1, 4).sum(-1) == 2))),
-        (bx.Channel(0), lambda m: bool(jnp.all(m.all(1) == m.any(1)))),
-        (bx.Block((2, 4)), lambda m: bool(jnp.all(m.reshape(m.shape[0] // 2, 2, -1, 4).sum((1, 3)) % 8 == 0))),
+        # N:M fixes the sparsity (2:4 = 0.5), so no sparsity= is passed with it.
+        ({"sparsity_type": "2:4"}, lambda m: bool(jnp.all(m.reshape(m.shape[0], -1, 4).sum(-1) == 2))),
+        ({"sparsity_type": bx.NByM(2, 4)}, lambda m: bool(jnp.all(m.reshape(m.shape[0], -1, 4).sum(-1) == 2))),
+        ({"sparsity": 0.5, "sparsity_type": bx.Channel(0)}, lambda m: bool(jnp.all(m.all(1) == m.any(1)))),
+        (
+            {"sparsity": 0.5, "sparsity_type": bx.Block((2, 4))},
+            lambda m: bool(jnp.all(m.reshape(m.shape[0] // 2, 2, -1, 4).sum((1, 3)) % 8 == 0)),
+        ),
     ],
+    ids=["2:4", "NByM(2,4)", "channel", "block"],
 )
-def test_structured_sparsity_types(stype, check):
-    s = bx.MagnitudePruning(sparsity=0.5, sparsity_type=stype).prune(mlp())
+def test_structured_sparsity_types(kwargs, check):
+    s = bx.MagnitudePruning(**kwargs).prune(mlp())
     assert all(check(m) for m in weights(s)[1])
 
 
+def test_nm_with_sparsity_conflicts():
+    for stype in ("2:4", bx.NByM(2, 4)):
+        with pytest.raises(ValueError, match=r"sparsity=0.5 conflicts with N:M sparsity 2:4"):
+            bx.MagnitudePruning(sparsity=0.5, sparsity_type=stype)
+
+
 def test_nm_on_indivisible_leaf_names_it():
-    model = bx.Sparse(eqx.nn.MLP(6, 3, 8, 1, key=jax.random.key(0)))
+    model = bx.Sparse(mlp(0, in_size=6, out_size=3, width=8, depth=1))
     with pytest.raises(ValueError, match=r"`layers\[0\].weight` \(shape \(8, 6\)\).*divisible by 4"):
         bx.MagnitudePruning(sparsity_type="2:4").prune(model)
 
@@ -61,7 +74,7 @@ def test_global_magnitude_one_ranking_with_normalisation():
     model = bx.Sparse(mlp())
     s = bx.GlobalMagnitudePruning(sparsity=0.9).prune(model)
     assert float(bx.sparsity_summary(s)["total"]) == pytest.approx(0.9, abs=1e-3)
-    ws = [l.weight for l in mlp().layers]
+    ws = [layer.weight for layer in mlp().layers]
     normed = [jnp.abs(w) / (jnp.linalg.norm(w) + 1e-8) for w in ws]
     expected = bx.global_topk_masks(normed, 0.9)
     for got, exp in zip(weights(s)[1], expected):
@@ -69,8 +82,11 @@ def test_global_magnitude_one_ranking_with_normalisation():
     raw = bx.GlobalMagnitudePruning(sparsity=0.9, normalize=False).prune(model)
     for got, exp in zip(weights(raw)[1], bx.global_topk_masks([jnp.abs(w) for w in ws], 0.9)):
         np.testing.assert_array_equal(got, exp)
-    with pytest.raises(ValueError, match="needs sparsity_type='unstructured'"):
-        bx.GlobalMagnitudePruning(sparsity=0.5, sparsity_type="2:4")
+    # A global ranking is of single weights: structured sparsity types are rejected.
+    with pytest.raises(ValueError, match="distribution='global' .* needs unstructured sparsity"):
+        bx.GlobalMagnitudePruning(sparsity=0.5, sparsity_type="channel")
+    with pytest.raises(ValueError, match="N:M sparsity fixes every leaf's sparsity; drop distribution="):
+        bx.GlobalMagnitudePruning(sparsity_type="2:4")
 
 
 def test_saliency_uses_grads_and_requires_them():
@@ -78,8 +94,8 @@ def test_saliency_uses_grads_and_requires_them():
     x = jax.random.normal(jax.random.key(1), (8, 16))
     grads = eqx.filter_grad(lambda m: jnp.sum(jax.vmap(m)(x) ** 2))(model)
     s = bx.SaliencyPruning(sparsity=0.5).prune(model, grads=grads)
-    for l, g, m in zip(model.model.layers, grads.model.layers, weights(s)[1]):
-        np.testing.assert_array_equal(m, bx.topk_mask(jnp.abs(l.weight * g.weight), 0.5))
+    for layer, g, m in zip(model.model.layers, grads.model.layers, weights(s)[1]):
+        np.testing.assert_array_equal(m, bx.topk_mask(jnp.abs(layer.weight * g.weight), 0.5))
     gs = bx.GlobalSaliencyPruning(sparsity=0.5).prune(model, grads=grads)
     assert float(bx.sparsity_summary(gs)["total"]) == pytest.approx(0.5, abs=1e-3)
     with pytest.raises(ValueError, match="pass grads="):
@@ -115,7 +131,7 @@ def test_bad_config_errors():
         bx.MagnitudePruning(sparsity=0.5, sparsity_type="rows")
     with pytest.raises(ValueError, match="needs a target"):
         bx.MagnitudePruning()
-    with pytest.raises(TypeError, match="Wrap it first"):
+    with pytest.raises(TypeError, match=r"No bmr_eqx.Sparse model found in MLP\. Wrap the model .* first"):
         bx.MagnitudePruning(sparsity=0.5).update(mlp(), 0)
 
 
@@ -154,7 +170,8 @@ def test_training_loop_with_gradual_pruning_learns():
     pruner = bx.MagnitudePruning(sparsity=0.5, schedule=bx.PolynomialSchedule(start=10, end=60, every=5))
     opt = bx.masked_updates(optax.adam(1e-2))
     state = opt.init(model)
-    loss_fn = lambda m: jnp.mean((jax.vmap(m)(x) - y) ** 2)  # noqa: E731
+    def loss_fn(m):
+        return jnp.mean((jax.vmap(m)(x) - y) ** 2)
 
     @eqx.filter_jit
     def step(model, state, i):

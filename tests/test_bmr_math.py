@@ -137,6 +137,10 @@ def test_posterior_delta_f_covers_every_trainable_weight():
 
     post = bx.Posterior(bx.Sparse(eqx.nn.MLP(3, 2, 4, 1, key=jax.random.key(0))), ess=100.0, weight_decay=0.1)
     df = bx.posterior_delta_f(post)
-    w, h = post.mean.model.layers[0].weight, post.hess.model.layers[0].weight
-    np.testing.assert_allclose(df.model.layers[0].weight, bx.delta_f_spike(w, h, 100.0, 0.1))
-    assert len(jax.tree.leaves(df)) == 4 and jax.tree.leaves(df.masks) == []
+    w, h = post.mean.model.layers[0].weight, post.hess["layers[0].weight"]
+    np.testing.assert_allclose(df["layers[0].weight"], bx.delta_f_spike(w, h, 100.0, 0.1))
+    # One entry per trainable weight (biases included), keyed like hess; the masks get none.
+    assert set(df) == set(post.hess) == {"layers[0].weight", "layers[0].bias", "layers[1].weight", "layers[1].bias"}
+    assert len(jax.tree.leaves(df)) == 4
+    for path, d in df.items():
+        assert d.shape == post.hess[path].shape

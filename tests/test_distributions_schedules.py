@@ -37,7 +37,9 @@ def test_polynomial_schedule_boundaries():
     sch = bx.PolynomialSchedule(start=100, end=1000, every=10)
     upd = jax.jit(sch.is_update_step)
     assert not upd(99) and upd(100) and not upd(105) and upd(110) and upd(1000) and not upd(1001) and not upd(1010)
-    s = lambda t: float(sch.sparsity(jnp.asarray(t), 0.9))  # noqa: E731
+    def s(t):
+        return float(sch.sparsity(jnp.asarray(t), 0.9))
+
     assert s(50) == 0.0 and s(99) == 0.0
     assert s(100) == pytest.approx(0.9 * (1 - (1 - 1 / 900) ** 3), rel=1e-4)
     assert s(549) == pytest.approx(0.9 * (1 - 0.5**3))

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 
 import bmr_eqx as bx
+from bmr_eqx._masks import keep_count, nm_mask
 
 
 def expected_keep(n, s):
@@ -25,6 +26,7 @@ def test_topk_exact_count_and_order(n, s, seed, ties):
     scores = rng.integers(0, 4, n).astype(np.float32) if ties else rng.normal(size=n).astype(np.float32)
     mask = np.asarray(bx.topk_mask(jnp.asarray(scores), s))
     k = expected_keep(n, s)
+    assert keep_count(n, s) == k
     assert mask.sum() == k
     # Oracle: stable sort by descending score, ties by lower index.
     order = sorted(range(n), key=lambda i: (-scores[i], i))
@@ -74,10 +76,25 @@ def test_topk_sort_path_matches_cpu_path(ties):
     np.testing.assert_array_equal(bx.topk_mask(jnp.array([0.0, -0.0, 1.0]), 1 / 3), [True, False, True])
 
 
+def structured_mask(structure, scores, sparsity, path="w"):
+    """What the pruner does with a structure: check the leaf, pool its scores into groups, keep the
+    top groups, and expand the kept groups to a mask of the leaf's shape."""
+    structure.check(tuple(scores.shape), path)
+    return structure.expand(bx.topk_mask(structure.group(scores), sparsity), tuple(scores.shape))
+
+
+def nm_select(selection, scores, path="w"):
+    """The mask an N:M selection gives one leaf with these scores (as inside the pruner)."""
+    leaf = bx.Leaf(path, scores, jnp.ones(scores.shape, bool))
+    (keep,) = selection.select([bx.Unit(leaf, scores, bx.Unstructured())], lambda t: t)
+    return keep
+
+
 @pytest.mark.parametrize("n,m,axis", [(2, 4, -1), (1, 4, 0), (3, 8, 1), (4, 4, -1)])
 def test_nm_keeps_n_of_every_m(n, m, axis):
     scores = jax.random.normal(jax.random.key(2), (8, 16))
-    mask = np.asarray(bx.NByM(n, m, axis).mask(scores, 0.0))
+    mask = np.asarray(nm_mask(scores, n, m, axis))
+    np.testing.assert_array_equal(nm_select(bx.NByM(n, m, axis), scores), mask)  # the selection uses it
     moved = np.moveaxis(mask, axis, -1)
     groups = moved.reshape(*moved.shape[:-1], -1, m)
     assert (groups.sum(-1) == n).all()
@@ -89,21 +106,25 @@ def test_nm_keeps_n_of_every_m(n, m, axis):
 
 
 def test_nm_ties_keep_lower_index():
-    mask = bx.NByM(2, 4).mask(jnp.array([[1.0, 1.0, 1.0, 1.0, 0.0, 5.0, 5.0, 5.0]]), 0.0)
-    np.testing.assert_array_equal(mask, [[True, True, False, False, False, True, True, False]])
+    scores = jnp.array([[1.0, 1.0, 1.0, 1.0, 0.0, 5.0, 5.0, 5.0]])
+    expected = [[True, True, False, False, False, True, True, False]]
+    np.testing.assert_array_equal(nm_mask(scores, 2, 4), expected)
+    np.testing.assert_array_equal(nm_select(bx.NByM(2, 4), scores), expected)
 
 
 def test_nm_errors():
     with pytest.raises(ValueError, match="1 <= n <= m"):
         bx.NByM(5, 4)
     with pytest.raises(ValueError, match=r"layer\.w.*divisible by 4"):
-        bx.NByM(2, 4).mask(jnp.ones((3, 6)), 0.0, "layer.w")
+        nm_select(bx.NByM(2, 4), jnp.ones((3, 6)), "layer.w")
 
 
 @pytest.mark.parametrize("pool", ["mean", "max"])
 def test_block_mask_counts_and_shape(pool):
     scores = jax.random.normal(jax.random.key(3), (8, 12))
-    mask = np.asarray(bx.Block((2, 3), pool).mask(scores, 0.75))
+    assert bx.Block((2, 3), pool).group(scores).shape == (4, 4)
+    mask = np.asarray(structured_mask(bx.Block((2, 3), pool), scores, 0.75))
+    assert mask.shape == (8, 12)
     blocks = mask.reshape(4, 2, 4, 3)
     per_block = blocks.sum((1, 3))
     assert set(np.unique(per_block)) <= {0, 6}  # whole blocks only
@@ -115,18 +136,18 @@ def test_block_mask_counts_and_shape(pool):
 
 def test_block_errors():
     with pytest.raises(ValueError, match=r"does not tile `w`"):
-        bx.Block((3, 3)).mask(jnp.ones((4, 4)), 0.5, "w")
+        structured_mask(bx.Block((3, 3)), jnp.ones((4, 4)), 0.5, "w")
     with pytest.raises(ValueError, match="pool"):
         bx.Block((2, 2), "median")
 
 
 def test_channel_mask_whole_slices():
     scores = jnp.arange(24.0).reshape(6, 4)
-    mask = np.asarray(bx.Channel(0).mask(scores, 0.5))
+    mask = np.asarray(structured_mask(bx.Channel(0), scores, 0.5))
     np.testing.assert_array_equal(mask.all(1), [False, False, False, True, True, True])
     assert (mask.all(1) == mask.any(1)).all()
     conv = jax.random.normal(jax.random.key(0), (8, 3, 3, 3))
-    m = np.asarray(bx.Channel(0).mask(conv, 0.25))
+    m = np.asarray(structured_mask(bx.Channel(0), conv, 0.25))
     assert m.reshape(8, -1).all(1).sum() == 6 and (m.reshape(8, -1).all(1) == m.reshape(8, -1).any(1)).all()
 
 
@@ -143,14 +164,17 @@ def test_global_topk_masks_counts_and_split():
 
 
 def test_sparsity_type_strings():
-    from bmr_eqx._masks import sparsity_type
+    from bmr_eqx._selection import structure_and_selection
 
-    assert sparsity_type("2:4") == bx.NByM(2, 4)
-    assert isinstance(sparsity_type("channel"), bx.Channel)
+    assert structure_and_selection(None, "uniform", "2:4") == (bx.Unstructured(), bx.NByM(2, 4))
+    structure, selection = structure_and_selection(0.5, "uniform", "channel")
+    assert isinstance(structure, bx.Channel) and selection == bx.TopK(0.5, "uniform")
     with pytest.raises(ValueError, match="Unknown sparsity type 'diagonal'"):
-        sparsity_type("diagonal")
+        structure_and_selection(0.5, "uniform", "diagonal")
 
 
 def test_masks_are_jittable_modules():
-    f = eqx.filter_jit(lambda t, s: t.mask(s, 0.5))
+    f = eqx.filter_jit(lambda sel, s: nm_select(sel, s))
     assert f(bx.NByM(2, 4), jnp.ones((4, 8))).dtype == jnp.bool_
+    g = eqx.filter_jit(lambda st, s: structured_mask(st, s, 0.5))
+    assert g(bx.Block((2, 2)), jnp.ones((4, 8))).dtype == jnp.bool_

@@ -1,0 +1,263 @@
+"""The one pruner: a score, a selection, a structure, a schedule. Every named algorithm is a preset."""
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Int, PRNGKeyArray
+
+from ._posterior import Posterior
+from ._schedules import AbstractSchedule, OneShotSchedule
+from ._scores import AbstractScore, Leaf
+from ._selection import AbstractSelection, AbstractStructure, Channel, Unit, Unstructured
+from ._sites import Site, find_sites, join_path, no_sparse_error, replace_sites
+from ._sparse import Sparse, check_masks
+from ._tree import PyTree, path_str
+
+
+def _as_paths(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    out = tuple(value)
+    if not all(isinstance(p, str) for p in out):
+        raise TypeError(f"keep_dense must be leaf paths (strings like 'layers[2].weight'), got {value!r}.")
+    return out
+
+
+class _Entry(NamedTuple):
+    """One prunable leaf during a mask computation: its site, its key in the site's masks, its Leaf."""
+
+    site: int
+    key: str
+    leaf: Leaf
+
+
+def _bias_partners(entries: list[_Entry], structure: Channel) -> dict[int, int]:
+    """{index of a weight entry: index of its prunable bias} for `X.weight` / `X.bias` of one site
+    whose bias has one entry per channel."""
+    by_path = {(e.site, e.key): j for j, e in enumerate(entries)}
+    out = {}
+    for j, e in enumerate(entries):
+        w = e.leaf.weight
+        if e.key.endswith("weight") and w.ndim >= 1:
+            b = by_path.get((e.site, e.key[: -len("weight")] + "bias"))
+            if b is not None and entries[b].leaf.weight.size == w.shape[structure.axis % w.ndim]:
+                out[j] = b
+    return out
+
+
+class Pruner(eqx.Module):
+    """A pruning algorithm, composed of parts:
+
+    - `score`: what is important (`Magnitude()`, `Saliency()`, `Random()`, `Evidence()`, ... or
+      your own `AbstractScore`);
+    - `selection`: which groups are kept (`TopK(sparsity, distribution)`, `NByM(n, m)`,
+      `Threshold(value)`, `SpikeAndSlab()`);
+    - `structure`: which entries go together (`Unstructured()`, `Block(shape)`, `Channel(axis)`);
+    - `schedule`: when masks are recomputed and at which fraction of the target
+      (default `OneShotSchedule(0)`);
+    - `monotone`: a pruned weight is never revived (its score is `-inf` at the next update);
+    - `keep_dense`: paths of prunable leaves this pruner leaves dense (e.g. a classifier head,
+      `("head.weight",)`), whatever the selection;
+    - `straight_through`: the pruner expects `Sparse(..., straight_through=True)` models (pruned
+      weights keep training and may come back) and raises otherwise.
+
+    The named algorithms (`MagnitudePruning(sparsity=0.9, distribution="erk")`, `AdaptiveBMR(...)`,
+    ...) are presets that build a `Pruner`. Use `update` inside a training step and `prune` for
+    one-shot pruning; both accept any pytree holding `Sparse` models (a `Sparse`, a `Posterior` of
+    one, a module with a `Sparse` encoder, a tuple of models).
+    """
+
+    score: AbstractScore
+    selection: AbstractSelection
+    structure: AbstractStructure = Unstructured()
+    schedule: AbstractSchedule = OneShotSchedule(0)
+    monotone: bool = False
+    keep_dense: tuple[str, ...] = eqx.field(default=(), converter=_as_paths)
+    straight_through: bool = False
+
+    def __check_init__(self):
+        for name, value, cls in (
+            ("score", self.score, AbstractScore),
+            ("selection", self.selection, AbstractSelection),
+            ("structure", self.structure, AbstractStructure),
+            ("schedule", self.schedule, AbstractSchedule),
+        ):
+            if not isinstance(value, cls):
+                raise TypeError(f"Pruner {name} must be a bmr_eqx.{cls.__name__}, got {type(value).__name__}.")
+        self.selection.check(self.structure)
+
+    # ---- what the score sees ---------------------------------------------------------------------
+
+    def _entries(self, model: PyTree, grads: PyTree, key: PRNGKeyArray | None) -> tuple[list[Site], list[_Entry]]:
+        sites = find_sites(model, grads)
+        if not sites:
+            raise no_sparse_error(model)
+        requires = set(self.score.requires)
+        score_name = type(self.score).__name__
+        if "grad" in requires and grads is None:
+            raise ValueError(f"The {score_name} score needs gradients: pass grads=eqx.filter_grad(loss)(model).")
+        if "key" in requires and key is None:
+            raise ValueError(f"The {score_name} score needs a PRNG key: pass key=jax.random.key(...).")
+        raw = []
+        for i, site in enumerate(sites):
+            check_masks(site.sparse.model, site.sparse.masks)
+            if self.straight_through and not site.sparse.straight_through:
+                raise ValueError(
+                    f"This pruner recomputes straight-through masks: build the model at `{site.prefix or 'the root'}` "
+                    "as `Sparse(model, straight_through=True)`."
+                )
+            if "hess" in requires and site.posterior is None:
+                raise TypeError(
+                    f"The {score_name} score reads a posterior, but the Sparse at `{site.prefix or 'the root'}` is "
+                    "not in one: build `bmr_eqx.Posterior(bmr_eqx.Sparse(model), ess=...)` and train it with "
+                    "bmr_eqx.ivon."
+                )
+            flat, treedef = jax.tree_util.tree_flatten_with_path(site.sparse.model)
+            flat_g = None if site.grads is None else treedef.flatten_up_to(site.grads)
+            for j, (p, w) in enumerate(flat):
+                rel = path_str(p)
+                m = site.sparse.masks.get(rel)
+                if m is None:
+                    continue
+                g = None if flat_g is None else flat_g[j]
+                path = join_path(site.prefix, rel)
+                if "grad" in requires and g is None:
+                    raise ValueError(f"grads has no gradient for the prunable leaf `{path}`.")
+                post = site.posterior
+                raw.append((i, rel, path, w if site.sparse.straight_through else jnp.where(m, w, jnp.zeros((), w.dtype)),
+                            m, g, post, None if post is None else post.hess[join_path(site.hess_prefix, rel)]))
+        known = {r[2] for r in raw}
+        unknown = sorted(set(self.keep_dense) - known)
+        if unknown:
+            raise ValueError(f"keep_dense names {unknown}, which are not prunable leaves; prunable leaves are {sorted(known)}.")
+        keys = list(jax.random.split(key, len(raw))) if key is not None else [None] * len(raw)
+        entries = [
+            _Entry(i, rel, Leaf(path, w, m, g, k, h, None if post is None else post.ess,
+                                None if post is None else post.weight_decay))
+            for (i, rel, path, w, m, g, post, h), k in zip(raw, keys)
+        ]
+        return sites, entries
+
+    def _new_masks(self, entries: list[_Entry], sparsity_at: Any) -> list[Array]:
+        """New masks of `entries`, in order."""
+        st = self.structure
+        active = [j for j, e in enumerate(entries) if e.leaf.path not in self.keep_dense]
+        partner = _bias_partners([entries[j] for j in active], st) if isinstance(st, Channel) else {}
+        partner = {active[a]: active[b] for a, b in partner.items()}
+        scores = {}
+        for j in active:
+            leaf = entries[j].leaf
+            s = self.score(leaf)
+            scores[j] = jnp.where(leaf.mask, s, -jnp.inf) if self.monotone else s
+        units, owners = [], []
+        for j in active:
+            if j in partner.values():
+                continue
+            leaf = entries[j].leaf
+            st.check(tuple(leaf.weight.shape), leaf.path)
+            groups = st.group(scores[j])
+            if j in partner:
+                groups = groups + scores[partner[j]].reshape(groups.shape)
+            units.append(Unit(leaf, groups, st))
+            owners.append(j)
+        keeps = self.selection.select(units, sparsity_at) if units else []
+        new: list[Array | None] = [None] * len(entries)
+        for j, keep in zip(owners, keeps):
+            new[j] = st.expand(keep, tuple(entries[j].leaf.weight.shape))
+            if j in partner:
+                new[partner[j]] = keep.reshape(entries[partner[j]].leaf.weight.shape)
+        return [jnp.ones(e.leaf.weight.shape, bool) if m is None else m for e, m in zip(entries, new)]
+
+    @staticmethod
+    def _put(model: PyTree, entries: Sequence[_Entry], masks: Sequence[Array], zero_weights: bool) -> PyTree:
+        per_site: dict[int, dict[str, Array]] = {}
+        for e, m in zip(entries, masks):
+            per_site.setdefault(e.site, {})[e.key] = m
+
+        def rebuild(i: int, sparse: Sparse) -> Sparse:
+            new = per_site.get(i)
+            if new is None:
+                return sparse
+            masks_i = {**sparse.masks, **new}
+            inner = sparse.model
+            if zero_weights:
+                flat, treedef = jax.tree_util.tree_flatten_with_path(inner)
+                leaves = []
+                for p, w in flat:
+                    m = new.get(path_str(p))
+                    leaves.append(w if m is None else jnp.where(m, w, jnp.zeros((), w.dtype)))
+                inner = treedef.unflatten(leaves)
+            return eqx.tree_at(lambda s: (s.model, s.masks), sparse, (inner, masks_i))
+
+        return replace_sites(model, rebuild)
+
+    # ---- public ----------------------------------------------------------------------------------
+
+    def update(
+        self,
+        model: PyTree,
+        step: int | Int[ArrayLike, ""],
+        *,
+        grads: PyTree = None,
+        key: PRNGKeyArray | None = None,
+    ) -> PyTree:
+        """Recompute the masks if the schedule says so at `step`; otherwise return `model` unchanged.
+
+        Works inside `eqx.filter_jit` with a traced `step` (the recomputation runs under `lax.cond`,
+        which carries only the masks). Only the masks change: the forward pass sees newly pruned
+        weights as exactly 0 at once, and `masked_updates` / `ivon` set their stored values to
+        exactly 0 at the next step.
+
+        **Arguments:**
+
+        - `model`: any pytree holding `Sparse` models (also inside a `Posterior`).
+        - `step`: the training step; pass a JAX integer inside `filter_jit` so it does not recompile.
+        - `grads`: gradients of `model`, with its structure (needed by gradient-based scores).
+        - `key`: a PRNG key (needed by random scores).
+
+        **Returns:** the model with new masks (same structure).
+        """
+        sites, entries = self._entries(model, grads, key)
+        step = jnp.asarray(step)
+        do = self.schedule.is_update_step(step)
+        old = [e.leaf.mask for e in entries]
+
+        def recompute():
+            return self._new_masks(entries, lambda t: self.schedule.sparsity(step, t))
+
+        if isinstance(do, jax.core.Tracer):
+            new = jax.lax.cond(do, recompute, lambda: old)
+        else:
+            new = recompute() if bool(do) else old
+        return self._put(model, entries, new, zero_weights=False)
+
+    def prune(self, model: PyTree, *, grads: PyTree = None, key: PRNGKeyArray | None = None) -> PyTree:
+        """One-shot pruning to the final target sparsity, ignoring the schedule.
+
+        **Arguments:**
+
+        - `model`: any pytree holding `Sparse` models; a tree with none (a plain trained model) is
+          wrapped in `Sparse(model)` with the default prunable leaves first.
+        - `grads`, `key`: as for `update`.
+
+        **Returns:** the model with new masks and pruned weights set to exactly 0.
+        """
+        if not find_sites(model):
+            if isinstance(model, Posterior):
+                raise TypeError("Prune a Posterior of a Sparse model: `Posterior(Sparse(model), ess=...)`.")
+            model = Sparse(model)
+            grads = None if grads is None else Sparse(grads, masks={})
+        return _prune_jit(self, model, grads, key)
+
+    def _prune(self, model: PyTree, grads: PyTree, key: PRNGKeyArray | None) -> PyTree:
+        _, entries = self._entries(model, grads, key)
+        return self._put(model, entries, self._new_masks(entries, lambda t: t), zero_weights=True)
+
+
+@eqx.filter_jit
+def _prune_jit(pruner: Pruner, model: PyTree, grads: PyTree, key: PRNGKeyArray | None) -> PyTree:
+    # Compiled even when called eagerly: op-by-op top-k over a transformer's leaves takes seconds.
+    return pruner._prune(model, grads, key)

@@ -1,0 +1,265 @@
+"""Structures (which entries are pruned together) and selections (which groups are kept)."""
+
+import abc
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from ._bmr import spike_and_slab_mask
+from ._distributions import Distribution, as_distribution, as_sparsity, leaf_sparsities
+from ._masks import global_topk_masks, keep_best, nm_mask, threshold_mask, topk_mask
+from ._scores import Leaf
+
+SparsityAt = Callable[[Any], Any]
+
+
+# ---- structures ----------------------------------------------------------------------------------
+
+
+class AbstractStructure(eqx.Module):
+    """Which entries of a leaf are pruned together: `group` pools a leaf's scores into one score
+    per group, a selection keeps some groups, and `expand` turns the kept groups back into a mask
+    of the leaf's shape."""
+
+    def group(self, scores: Array) -> Array:
+        """The scores of the groups (default: every entry is its own group)."""
+        return scores
+
+    def expand(self, keep: Array, shape: tuple[int, ...]) -> Array:
+        """A mask of `shape` from the keep flags of the groups."""
+        return keep.reshape(shape)
+
+    def check(self, shape: tuple[int, ...], path: str) -> None:
+        """Raise a `ValueError` naming `path` if a leaf of this shape cannot take this structure."""
+
+
+class Unstructured(AbstractStructure):
+    """Any individual entries may be pruned."""
+
+
+class Block(AbstractStructure):
+    """Prune whole blocks: scores are pooled (`"mean"` or `"max"`) over blocks of `shape` on the
+    leading axes (missing trailing block sizes are 1).
+
+    **Arguments:** `shape` (default `(4, 4)`), `pool` (default `"mean"`).
+    """
+
+    shape: tuple[int, ...] = (4, 4)
+    pool: str = "mean"
+
+    def __check_init__(self):
+        if self.pool not in ("mean", "max"):
+            raise ValueError(f"Block pool must be 'mean' or 'max', got {self.pool!r}.")
+        if not self.shape or any((not isinstance(b, int)) or b < 1 for b in self.shape):
+            raise ValueError(f"Block shape must be positive integers, got {self.shape!r}.")
+
+    def _full(self, ndim: int) -> tuple[int, ...]:
+        return tuple(self.shape) + (1,) * (ndim - len(self.shape))
+
+    def check(self, shape: tuple[int, ...], path: str) -> None:
+        if len(self.shape) > len(shape) or any(d % b for d, b in zip(shape, self._full(len(shape)))):
+            raise ValueError(
+                f"Block shape {tuple(self.shape)} does not tile `{path}` of shape {shape}; every block size "
+                "must divide the matching axis (leave the leaf out with keep_dense=..., or pick another shape)."
+            )
+
+    def group(self, scores: Array) -> Array:
+        split = []
+        for d, b in zip(scores.shape, self._full(scores.ndim)):
+            split += [d // b, b]
+        reduce = jnp.max if self.pool == "max" else jnp.mean
+        return reduce(scores.reshape(split), axis=tuple(range(1, 2 * scores.ndim, 2)))
+
+    def expand(self, keep: Array, shape: tuple[int, ...]) -> Array:
+        for axis, b in enumerate(self._full(len(shape))):
+            keep = jnp.repeat(keep, b, axis=axis)
+        return keep
+
+
+class Channel(AbstractStructure):
+    """Prune whole slices along `axis` (default 0: output neurons of `eqx.nn.Linear`, filters of
+    `eqx.nn.Conv`), ranked by the sum of their scores (the L1 norm for magnitude, the group ΔF for
+    BMR). A prunable bias (`X.bias` beside `X.weight`, one entry per channel) joins its weight's
+    channels. For a scan-over-layers stack `(layers, out, in)`, use `Channel(axis=1)`.
+
+    **Arguments:** `axis` (default 0).
+    """
+
+    axis: int = 0
+
+    def check(self, shape: tuple[int, ...], path: str) -> None:
+        if not -len(shape) <= self.axis < len(shape):
+            raise ValueError(f"Channel axis {self.axis} is out of range for `{path}` of shape {shape}.")
+
+    def group(self, scores: Array) -> Array:
+        axis = self.axis % scores.ndim
+        return jnp.sum(scores, axis=tuple(a for a in range(scores.ndim) if a != axis))
+
+    def expand(self, keep: Array, shape: tuple[int, ...]) -> Array:
+        axis = self.axis % len(shape)
+        return jnp.broadcast_to(jnp.expand_dims(keep, tuple(a for a in range(len(shape)) if a != axis)), shape)
+
+
+# ---- selections ----------------------------------------------------------------------------------
+
+
+class Unit(NamedTuple):
+    """What a selection sees of one prunable leaf: the `leaf` (path, weight, mask, ...), the
+    `scores` of its groups, and the `structure` that grouped them."""
+
+    leaf: Leaf
+    scores: Array
+    structure: AbstractStructure
+
+
+class AbstractSelection(eqx.Module):
+    """Turns the group scores of all leaves into keep flags (one bool array per unit, shaped like
+    its scores). A selection sees every leaf at once, so global rankings and rules that read the
+    leaf itself (its current mask, its gradient) fit the same interface."""
+
+    @abc.abstractmethod
+    def select(self, units: Sequence[Unit], sparsity_at: SparsityAt) -> list[Array]:
+        """Keep flags of every unit's groups. `sparsity_at(target)` is the sparsity the schedule puts
+        in force now for a leaf whose final sparsity is `target`."""
+
+    def check(self, structure: AbstractStructure) -> None:
+        """Raise if this selection cannot work on groups of `structure`."""
+
+
+class TopK(AbstractSelection):
+    """Keep the highest-scoring groups at a target sparsity.
+
+    **Arguments:**
+
+    - `sparsity`: the final fraction of pruned groups in `[0, 1)` (None when a custom map gives
+      every leaf its sparsity).
+    - `distribution`: `"uniform"` (every leaf at `sparsity`), `"erk"` (Erdős–Rényi-kernel),
+      `"global"` (one ranking across all leaves), or a dict `{leaf path: sparsity or None}`;
+      leaves missing from the dict get `sparsity`, leaves mapped to None stay dense.
+    """
+
+    sparsity: Any = eqx.field(default=None, converter=as_sparsity)
+    distribution: Distribution = eqx.field(default="uniform", converter=as_distribution)
+
+    def __check_init__(self):
+        if self.sparsity is None and not isinstance(self.distribution, dict):
+            raise ValueError("TopK needs a target: pass sparsity=<number in [0, 1)> (or a per-path distribution).")
+
+    def check(self, structure: AbstractStructure) -> None:
+        if self.distribution == "global" and not isinstance(structure, Unstructured):
+            raise ValueError(
+                f"distribution='global' ranks single weights across leaves and needs unstructured sparsity, got {structure!r}."
+            )
+
+    def select(self, units: Sequence[Unit], sparsity_at: SparsityAt) -> list[Array]:
+        if self.distribution == "global":
+            return global_topk_masks([u.scores for u in units], sparsity_at(self.sparsity))
+        shapes = {u.leaf.path: tuple(u.leaf.weight.shape) for u in units}
+        unknown = sorted(set(self.distribution) - set(shapes)) if isinstance(self.distribution, dict) else []
+        if unknown:
+            raise ValueError(
+                f"The custom distribution names {unknown}, which are not prunable leaves of the model; "
+                f"prunable leaves are {sorted(shapes)}."
+            )
+        targets = leaf_sparsities(shapes, self.sparsity, self.distribution)
+        return [
+            jnp.ones(u.scores.shape, bool) if targets[u.leaf.path] is None else topk_mask(u.scores, sparsity_at(targets[u.leaf.path]))
+            for u in units
+        ]
+
+
+class NByM(AbstractSelection):
+    """N:M sparsity: keep `n` of every `m` consecutive entries along `axis` (default: the last, the
+    input axis of an `eqx.nn.Linear` weight, as sparse tensor cores expect). `n/m` fixes the
+    sparsity; schedules only say when masks are recomputed.
+
+    **Arguments:** `n`, `m`, `axis` (default -1).
+    """
+
+    n: int
+    m: int
+    axis: int = -1
+
+    def __check_init__(self):
+        if not (isinstance(self.n, int) and isinstance(self.m, int) and 0 < self.m):
+            raise ValueError(f"N:M needs positive integers, got n={self.n!r}, m={self.m!r}.")
+        if self.n > self.m or self.n < 1:
+            raise ValueError(f"N:M needs 1 <= n <= m, got n={self.n}, m={self.m}.")
+
+    def check(self, structure: AbstractStructure) -> None:
+        if not isinstance(structure, Unstructured):
+            raise ValueError(f"N:M selects single entries and needs unstructured sparsity, got {structure!r}.")
+
+    def select(self, units: Sequence[Unit], sparsity_at: SparsityAt) -> list[Array]:
+        out = []
+        for u in units:
+            shape, path = tuple(u.scores.shape), u.leaf.path
+            if not -len(shape) <= self.axis < len(shape):
+                raise ValueError(f"N:M axis {self.axis} is out of range for `{path}` of shape {shape}.")
+            if shape[self.axis] % self.m:
+                raise ValueError(
+                    f"N:M with m={self.m} needs the length of axis {self.axis} of `{path}` (shape {shape}) to be "
+                    f"divisible by {self.m}; leave this leaf dense (keep_dense=...) or choose another m or axis."
+                )
+            out.append(nm_mask(u.scores, self.n, self.m, self.axis))
+        return out
+
+
+class Threshold(AbstractSelection):
+    """Keep every group whose score is `>= value`; the best group of each leaf is always kept, so
+    no layer loses all its outputs. No target sparsity: the scores decide.
+
+    **Arguments:** `value`, the threshold.
+    """
+
+    value: float = 0.0
+
+    def select(self, units: Sequence[Unit], sparsity_at: SparsityAt) -> list[Array]:
+        return [keep_best(threshold_mask(u.scores, self.value), u.scores) for u in units]
+
+
+class SpikeAndSlab(AbstractSelection):
+    """Keep the groups that the spike-and-slab fixed point includes, per leaf, reading the scores as
+    −ΔF (the `Evidence` score); the best group of each leaf is always kept.
+
+    **Arguments:** `num_iters`, fixed-point iterations (default 20).
+    """
+
+    num_iters: int = 20
+
+    def select(self, units: Sequence[Unit], sparsity_at: SparsityAt) -> list[Array]:
+        return [keep_best(spike_and_slab_mask(-u.scores, self.num_iters), u.scores) for u in units]
+
+
+def structure_and_selection(
+    sparsity: Any, distribution: Distribution, sparsity_type: Any
+) -> tuple[AbstractStructure, AbstractSelection]:
+    """The structure and the top-k selection (or N:M) that JaxPruner-style arguments describe:
+    `sparsity_type` is `"unstructured"`, `"channel"`, `"block"`, an `"N:M"` string such as `"2:4"`,
+    or an `Unstructured()` / `Block(...)` / `Channel(...)` / `NByM(...)` instance."""
+    kind = sparsity_type
+    if isinstance(kind, str):
+        named = {"unstructured": Unstructured, "channel": Channel, "block": Block}
+        parts = kind.split(":")
+        if kind in named:
+            kind = named[kind]()
+        elif len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+            kind = NByM(int(parts[0]), int(parts[1]))
+    if isinstance(kind, NByM):
+        if sparsity is not None:
+            raise ValueError(
+                f"sparsity={sparsity!r} conflicts with N:M sparsity {kind.n}:{kind.m}, which fixes the sparsity at "
+                f"{1 - kind.n / kind.m:g}; drop sparsity= (or use unstructured sparsity)."
+            )
+        if distribution != "uniform":
+            raise ValueError("N:M sparsity fixes every leaf's sparsity; drop distribution= (keep leaves dense with keep_dense=...).")
+        return Unstructured(), kind
+    if isinstance(kind, AbstractStructure):
+        return kind, TopK(sparsity, distribution)
+    raise ValueError(
+        f"Unknown sparsity type {sparsity_type!r}; use 'unstructured', 'channel', 'block', an 'N:M' string like "
+        "'2:4', or an instance of bmr_eqx.Unstructured / NByM / Block / Channel."
+    )

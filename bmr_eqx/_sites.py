@@ -1,0 +1,93 @@
+"""Find every `Sparse` in a user's pytree (inside `Posterior`s or any other module), and put
+changed ones back."""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+
+from ._posterior import Posterior
+from ._sparse import Sparse
+from ._tree import PyTree, path_str
+
+
+class Site(NamedTuple):
+    """One `Sparse` in a tree: the `sparse` itself, the `posterior` that holds it (or None), the
+    plain path `prefix` of its model from the root, the plain path `hess_prefix` of its model from
+    the posterior's mean, and the `grads` of its model (None if not given)."""
+
+    sparse: Sparse
+    posterior: Posterior | None
+    prefix: str
+    hess_prefix: str
+    grads: PyTree
+
+
+def join_path(prefix: str, rel: str) -> str:
+    """The path of `rel` (a path relative to a node) from the root, given the node's path `prefix`."""
+    if not prefix:
+        return rel
+    return prefix + ("" if rel.startswith("[") else ".") + rel
+
+
+def _is_site(x: Any) -> bool:
+    return isinstance(x, (Sparse, Posterior))
+
+
+def _model_grads(node: Any) -> Any:
+    return node.model if isinstance(node, Sparse) else node
+
+
+def _split(tree: PyTree, grads: PyTree, what: str) -> tuple[list, Any, list]:
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_site)
+    if grads is None:
+        flat_g = [None] * len(flat)
+    else:
+        try:
+            flat_g = treedef.flatten_up_to(grads)
+        except (ValueError, TypeError) as e:
+            raise ValueError(
+                f"grads does not have the structure of {what}; pass the gradients of the same tree, e.g. "
+                f"`eqx.filter_grad(loss)(model)`. Details: {e}"
+            ) from None
+    return flat, treedef, flat_g
+
+
+def find_sites(tree: PyTree, grads: PyTree = None) -> list[Site]:
+    """Every `Sparse` in `tree`, in flattening order."""
+    sites = []
+    flat, _, flat_g = _split(tree, grads, "the model")
+    for (kp, node), g in zip(flat, flat_g):
+        if isinstance(node, Sparse):
+            sites.append(Site(node, None, path_str(kp), "", None if g is None else _model_grads(g)))
+        elif isinstance(node, Posterior):
+            inner, _, inner_g = _split(node.mean, None if g is None else g.mean, "the posterior's mean")
+            for (kp2, sub), g2 in zip(inner, inner_g):
+                if isinstance(sub, Sparse):
+                    rel = path_str(kp2)
+                    sites.append(Site(sub, node, join_path(path_str(kp), rel), rel, None if g2 is None else _model_grads(g2)))
+    return sites
+
+
+def replace_sites(tree: PyTree, fn: Callable[[int, Sparse], Sparse]) -> PyTree:
+    """`tree` with its i-th `Sparse` (in `find_sites` order) replaced by `fn(i, sparse)`."""
+    count = iter(range(10**9))
+
+    def swap(node: Any) -> Any:
+        if isinstance(node, Sparse):
+            return fn(next(count), node)
+        if isinstance(node, Posterior):
+            new_mean = jax.tree.map(lambda x: fn(next(count), x) if isinstance(x, Sparse) else x, node.mean,
+                                    is_leaf=lambda x: isinstance(x, Sparse))
+            return eqx.tree_at(lambda p: p.mean, node, new_mean)
+        return node
+
+    return jax.tree.map(swap, tree, is_leaf=_is_site)
+
+
+def no_sparse_error(tree: PyTree) -> TypeError:
+    return TypeError(
+        f"No bmr_eqx.Sparse model found in {type(tree).__name__}. Wrap the model (or the part to prune) first: "
+        "`bmr_eqx.Sparse(model)`; for a posterior, `bmr_eqx.Posterior(bmr_eqx.Sparse(model), ess=...)`."
+    )
