@@ -32,8 +32,14 @@ def delta_f_spike(
     """ΔF of switching each weight off (a spike at 0 as the reduced prior):
     `½·log1p(h/δ) − ½·λ·(h + δ)·μ²`, a Savage–Dickey ratio. Elementwise; finite for `h = 0`.
 
-    **Arguments:** `mean` μ and `hess` h (IVON's curvature, ≥ 0) of the posterior; `ess` λ > 0 and
-    `weight_decay` δ > 0 of its prior.
+    **Arguments:**
+
+    - `mean`: the posterior mean μ.
+    - `hess`: the posterior curvature h (IVON's, ≥ 0), shaped like `mean`.
+    - `ess`: the effective sample size λ > 0 of the prior.
+    - `weight_decay`: the prior precision per example δ > 0.
+
+    **Returns:** ΔF of each weight, shaped like `mean` (`> 0`: the evidence favours pruning it).
     """
     check_prior(ess, weight_decay)
     mean, hess = jnp.asarray(mean), jnp.maximum(jnp.asarray(hess), 0)
@@ -49,7 +55,18 @@ def delta_f_gaussian(
 ) -> Float[Array, "*shape"]:
     """ΔF of shrinking each weight's prior to `N(0, 1/π_r)` (π_r ≥ the prior precision λδ):
     `½·ln(π·π_r/(π0·π̃)) − ½·π·μ² + ½·π̃·μ̃²` with `π = λ(h + δ)`, `π0 = λδ`, `π̃ = π + π_r − π0`.
-    As π_r → ∞ it tends to `delta_f_spike` (use that for the spike itself)."""
+    As π_r → ∞ it tends to `delta_f_spike` (use that for the spike itself).
+
+    **Arguments:**
+
+    - `mean`: the posterior mean μ.
+    - `hess`: the posterior curvature h (IVON's, ≥ 0), shaped like `mean`.
+    - `ess`: the effective sample size λ > 0 of the prior.
+    - `weight_decay`: the prior precision per example δ > 0.
+    - `reduced_precision`: the reduced prior's precision π_r, a scalar ≥ λδ.
+
+    **Returns:** ΔF of each weight, shaped like `mean`.
+    """
     _check_reduced(ess, weight_decay, reduced_precision)
     mean, hess = jnp.asarray(mean), jnp.maximum(jnp.asarray(hess), 0)
     prec = ess * (hess + weight_decay)
@@ -69,7 +86,18 @@ def reduced_posterior(
     reduced_precision: Scalar,
 ) -> tuple[Float[Array, "*shape"], Float[Array, "*shape"]]:
     """The posterior under the reduced prior `N(0, 1/π_r)`, in IVON terms:
-    `h̃ = h + (π_r − λδ)/λ` and `μ̃ = μ·(h + δ)/(h̃ + δ)`. Returns `(μ̃, h̃)`."""
+    `h̃ = h + (π_r − λδ)/λ` and `μ̃ = μ·(h + δ)/(h̃ + δ)`.
+
+    **Arguments:**
+
+    - `mean`: the posterior mean μ.
+    - `hess`: the posterior curvature h, shaped like `mean`.
+    - `ess`: the effective sample size λ > 0 of the prior.
+    - `weight_decay`: the prior precision per example δ > 0.
+    - `reduced_precision`: the reduced prior's precision π_r, a scalar ≥ λδ.
+
+    **Returns:** `(μ̃, h̃)`, the reduced posterior's mean and curvature, each shaped like `mean`.
+    """
     _check_reduced(ess, weight_decay, reduced_precision)
     mean, hess = jnp.asarray(mean), jnp.asarray(hess)
     new_hess = hess + (reduced_precision - ess * weight_decay) / ess
@@ -81,7 +109,16 @@ def group_delta_f(
 ) -> Float[Array, " group"]:
     """ΔF of removing whole groups (neurons, channels, filters): the sum of the members' ΔF along
     every axis but `axis` (mean-field posteriors make group ΔF additive), plus the bias's ΔF of each
-    group if given. For an `eqx.nn.Linear` weight (out, in), `axis=0` gives one ΔF per output neuron."""
+    group if given. For an `eqx.nn.Linear` weight (out, in), `axis=0` gives one ΔF per output neuron.
+
+    **Arguments:**
+
+    - `delta_f`: the elementwise ΔF of a weight (e.g. from `delta_f_spike`).
+    - `axis`: the group axis (default 0); every other axis is summed over.
+    - `bias_delta_f`: optional ΔF of the bias, one entry per group, added to each group's sum.
+
+    **Returns:** a 1-D array with one ΔF per group (the length of `delta_f` along `axis`).
+    """
     delta_f = jnp.asarray(delta_f)
     axis = axis % delta_f.ndim
     total = jnp.sum(delta_f, axis=tuple(a for a in range(delta_f.ndim) if a != axis))
@@ -93,7 +130,15 @@ def group_delta_f(
 def spike_and_slab_threshold(delta_f: Float[ArrayLike, "*shape"], num_iters: int = 20) -> Float[Array, ""]:
     """The evidence threshold ζ of a spike-and-slab prior with a fitted inclusion rate (see the docs' BMR theory page,
     after Marković et al.): from ζ = 0 repeat `q = sigmoid(ζ − ΔF)`, `α = 1 + Σq`,
-    `β = 1 + Σ(1 − q)`, `ζ = ψ(α) − ψ(β)`. Keep a weight iff `ΔF ≤ ζ`."""
+    `β = 1 + Σ(1 − q)`, `ζ = ψ(α) − ψ(β)`. Keep a weight iff `ΔF ≤ ζ`.
+
+    **Arguments:**
+
+    - `delta_f`: the ΔF of every weight (or group) of one leaf, any shape.
+    - `num_iters`: fixed-point iterations (default 20).
+
+    **Returns:** the scalar threshold ζ.
+    """
     delta_f = jnp.asarray(delta_f)
 
     def body(_: Any, zeta: Array) -> Array:
@@ -106,7 +151,15 @@ def spike_and_slab_threshold(delta_f: Float[ArrayLike, "*shape"], num_iters: int
 
 
 def spike_and_slab_mask(delta_f: Float[ArrayLike, "*shape"], num_iters: int = 20) -> Bool[Array, "*shape"]:
-    """Keep mask of the spike-and-slab fixed point: `ΔF ≤ spike_and_slab_threshold(ΔF)`."""
+    """Keep mask of the spike-and-slab fixed point: `ΔF ≤ spike_and_slab_threshold(ΔF)`.
+
+    **Arguments:**
+
+    - `delta_f`: the ΔF of every weight (or group) of one leaf, any shape.
+    - `num_iters`: fixed-point iterations (default 20).
+
+    **Returns:** a bool array shaped like `delta_f`, `True` where kept.
+    """
     delta_f = jnp.asarray(delta_f)
     return delta_f <= spike_and_slab_threshold(delta_f, num_iters)
 
@@ -114,7 +167,9 @@ def spike_and_slab_mask(delta_f: Float[ArrayLike, "*shape"], num_iters: int = 20
 def posterior_delta_f(posterior: Posterior) -> dict[str, Array]:
     """Spike ΔF of every trainable weight of `posterior`, keyed by path like `posterior.hess`.
 
-    **Arguments:** `posterior`: a `Posterior`.
+    **Arguments:**
+
+    - `posterior`: a `Posterior`.
 
     **Returns:** a dict from path to an array of ΔF, shaped like the weight.
     """

@@ -9,7 +9,6 @@ from ._scores import Evidence, Magnitude, Normalized, PosteriorPrecision, Random
 from ._selection import AbstractStructure, NByM, SpikeAndSlab, Threshold, TopK, structure_and_selection
 
 SparsityType = AbstractStructure | NByM | str
-_ONCE = OneShotSchedule(0)
 
 
 def _topk(score, sparsity, distribution, sparsity_type, schedule, monotone, keep_dense, straight_through=False) -> Pruner:
@@ -17,110 +16,247 @@ def _topk(score, sparsity, distribution, sparsity_type, schedule, monotone, keep
     return Pruner(score, selection, structure, schedule, monotone, keep_dense, straight_through)
 
 
-_ARGS = """
-    **Arguments:**
-
-    - `sparsity`: the final fraction of pruned weights (groups) in `[0, 1)`; omit for N:M.
-    - `distribution`: `"uniform"`, `"erk"`, `"global"` or `{leaf path: sparsity or None}`.
-    - `sparsity_type`: `"unstructured"`, `"channel"`, `"block"`, `"N:M"` (e.g. `"2:4"`), or an
-      `Unstructured()` / `Channel(axis)` / `Block(shape)` / `NByM(n, m, axis)`.
-    - `schedule`: when masks change (default `OneShotSchedule(0)`).
-    - `monotone`: pruned weights never come back.
-    - `keep_dense`: leaf paths left dense.
-
-    **Returns:** a `Pruner`.
-"""
-
-
-def _doc(text: str) -> str:
-    return text + "\n" + _ARGS
-
-
-def NoPruning(*, keep_dense: Any = ()) -> Pruner:  # noqa: N802 - the algorithms' names are CamelCase presets
+def NoPruning(*, keep_dense: Any = ()) -> Pruner:
     """The dense baseline: masks stay all-ones (same interface as every pruner).
 
-    **Arguments:** `keep_dense`: accepted for symmetry; every leaf stays dense anyway.
+    **Arguments:**
+
+    - `keep_dense`: accepted for symmetry; every leaf stays dense anyway.
 
     **Returns:** a `Pruner`.
     """
     return Pruner(Magnitude(), TopK(0.0), schedule=NoUpdateSchedule(), keep_dense=keep_dense)
 
 
-def MagnitudePruning(  # noqa: N802
+def MagnitudePruning(
     *, sparsity: Any = None, distribution: Distribution = "uniform", sparsity_type: SparsityType = "unstructured",
-    schedule: AbstractSchedule = _ONCE, monotone: bool = False, keep_dense: Any = (),
+    schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = False, keep_dense: Any = (),
 ) -> Pruner:
+    """Prune the weights of smallest magnitude |w|.
+
+    **Arguments:**
+
+    - `sparsity`: the final fraction of pruned weights (groups) in `[0, 1)`; omit for N:M.
+    - `distribution`: `"uniform"` (default), `"erk"`, `"global"` or `{leaf path: sparsity or None}`.
+    - `sparsity_type`: `"unstructured"`, `"channel"`, `"block"`, `"N:M"` (e.g. `"2:4"`), or an
+      `Unstructured()` / `Channel(axis)` / `Block(shape)` / `NByM(n, m, axis)`.
+    - `schedule`: when masks change (default `OneShotSchedule(0)`).
+    - `monotone`: pruned weights never come back (default False).
+    - `keep_dense`: leaf paths left dense.
+
+    **Returns:** a `Pruner`.
+    """
     return _topk(Magnitude(), sparsity, distribution, sparsity_type, schedule, monotone, keep_dense)
 
 
-def SaliencyPruning(  # noqa: N802
+def SaliencyPruning(
     *, sparsity: Any = None, distribution: Distribution = "uniform", sparsity_type: SparsityType = "unstructured",
-    schedule: AbstractSchedule = _ONCE, monotone: bool = False, keep_dense: Any = (),
+    schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = False, keep_dense: Any = (),
 ) -> Pruner:
+    """Prune the weights of smallest saliency |w·∂L/∂w| (pass `grads=` to `update`/`prune`).
+
+    **Arguments:**
+
+    - `sparsity`: the final fraction of pruned weights (groups) in `[0, 1)`; omit for N:M.
+    - `distribution`: `"uniform"` (default), `"erk"`, `"global"` or `{leaf path: sparsity or None}`.
+    - `sparsity_type`: `"unstructured"`, `"channel"`, `"block"`, `"N:M"` (e.g. `"2:4"`), or an
+      `Unstructured()` / `Channel(axis)` / `Block(shape)` / `NByM(n, m, axis)`.
+    - `schedule`: when masks change (default `OneShotSchedule(0)`).
+    - `monotone`: pruned weights never come back (default False).
+    - `keep_dense`: leaf paths left dense.
+
+    **Returns:** a `Pruner`.
+    """
     return _topk(Saliency(), sparsity, distribution, sparsity_type, schedule, monotone, keep_dense)
 
 
-def RandomPruning(  # noqa: N802
+def RandomPruning(
     *, sparsity: Any = None, distribution: Distribution = "uniform", sparsity_type: SparsityType = "unstructured",
-    schedule: AbstractSchedule = _ONCE, monotone: bool = True, keep_dense: Any = (),
+    schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = True, keep_dense: Any = (),
 ) -> Pruner:
+    """Prune random weights (pass `key=` to `update`/`prune`); monotone by default, so pruned weights
+    never come back.
+
+    **Arguments:**
+
+    - `sparsity`: the final fraction of pruned weights (groups) in `[0, 1)`; omit for N:M.
+    - `distribution`: `"uniform"` (default), `"erk"`, `"global"` or `{leaf path: sparsity or None}`.
+    - `sparsity_type`: `"unstructured"`, `"channel"`, `"block"`, `"N:M"` (e.g. `"2:4"`), or an
+      `Unstructured()` / `Channel(axis)` / `Block(shape)` / `NByM(n, m, axis)`.
+    - `schedule`: when masks change (default `OneShotSchedule(0)`).
+    - `monotone`: pruned weights never come back (default True).
+    - `keep_dense`: leaf paths left dense.
+
+    **Returns:** a `Pruner`.
+    """
     return _topk(Random(), sparsity, distribution, sparsity_type, schedule, monotone, keep_dense)
 
 
-def GlobalMagnitudePruning(  # noqa: N802
+def GlobalMagnitudePruning(
     *, sparsity: Any = None, distribution: Distribution = "global", sparsity_type: SparsityType = "unstructured",
-    schedule: AbstractSchedule = _ONCE, monotone: bool = False, keep_dense: Any = (), normalize: bool = True,
+    schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = False, keep_dense: Any = (),
+    normalize: bool = True,
 ) -> Pruner:
+    """Magnitude pruning with one ranking across all prunable leaves. Scores are L2-normalised per
+    leaf (`normalize=True`, JaxPruner's default); `normalize=False` ranks raw |w|.
+
+    **Arguments:**
+
+    - `sparsity`: the final fraction of pruned weights (groups) in `[0, 1)`; omit for N:M.
+    - `distribution`: `"global"` (default), `"uniform"`, `"erk"` or `{leaf path: sparsity or None}`.
+    - `sparsity_type`: `"unstructured"`, `"channel"`, `"block"`, `"N:M"` (e.g. `"2:4"`), or an
+      `Unstructured()` / `Channel(axis)` / `Block(shape)` / `NByM(n, m, axis)`.
+    - `schedule`: when masks change (default `OneShotSchedule(0)`).
+    - `monotone`: pruned weights never come back (default False).
+    - `keep_dense`: leaf paths left dense.
+    - `normalize`: L2-normalise the scores per leaf before the global ranking (default True).
+
+    **Returns:** a `Pruner`.
+    """
     score = Normalized(Magnitude()) if normalize else Magnitude()
     return _topk(score, sparsity, distribution, sparsity_type, schedule, monotone, keep_dense)
 
 
-def GlobalSaliencyPruning(  # noqa: N802
+def GlobalSaliencyPruning(
     *, sparsity: Any = None, distribution: Distribution = "global", sparsity_type: SparsityType = "unstructured",
-    schedule: AbstractSchedule = _ONCE, monotone: bool = False, keep_dense: Any = (), normalize: bool = True,
+    schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = False, keep_dense: Any = (),
+    normalize: bool = True,
 ) -> Pruner:
+    """Saliency pruning with one ranking across all prunable leaves (scores L2-normalised per leaf
+    unless `normalize=False`).
+
+    **Arguments:**
+
+    - `sparsity`: the final fraction of pruned weights (groups) in `[0, 1)`; omit for N:M.
+    - `distribution`: `"global"` (default), `"uniform"`, `"erk"` or `{leaf path: sparsity or None}`.
+    - `sparsity_type`: `"unstructured"`, `"channel"`, `"block"`, `"N:M"` (e.g. `"2:4"`), or an
+      `Unstructured()` / `Channel(axis)` / `Block(shape)` / `NByM(n, m, axis)`.
+    - `schedule`: when masks change (default `OneShotSchedule(0)`).
+    - `monotone`: pruned weights never come back (default False).
+    - `keep_dense`: leaf paths left dense.
+    - `normalize`: L2-normalise the scores per leaf before the global ranking (default True).
+
+    **Returns:** a `Pruner`.
+    """
     score = Normalized(Saliency()) if normalize else Saliency()
     return _topk(score, sparsity, distribution, sparsity_type, schedule, monotone, keep_dense)
 
 
-def BMRPruning(  # noqa: N802
+def BMRPruning(
     *, sparsity: Any = None, distribution: Distribution = "uniform", sparsity_type: SparsityType = "unstructured",
-    schedule: AbstractSchedule = _ONCE, monotone: bool = True, keep_dense: Any = (),
+    schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = True, keep_dense: Any = (),
 ) -> Pruner:
+    """Bayesian model reduction with a target: per leaf, keep the weights whose removal costs the most
+    evidence (rank by −ΔF of the spike reduced prior). With `sparsity_type="channel"`, whole
+    neurons/filters are ranked by their group ΔF. Needs a `Posterior`; monotone by default.
+
+    **Arguments:**
+
+    - `sparsity`: the final fraction of pruned weights (groups) in `[0, 1)`; omit for N:M.
+    - `distribution`: `"uniform"` (default), `"erk"`, `"global"` or `{leaf path: sparsity or None}`.
+    - `sparsity_type`: `"unstructured"`, `"channel"`, `"block"`, `"N:M"` (e.g. `"2:4"`), or an
+      `Unstructured()` / `Channel(axis)` / `Block(shape)` / `NByM(n, m, axis)`.
+    - `schedule`: when masks change (default `OneShotSchedule(0)`).
+    - `monotone`: pruned weights never come back (default True).
+    - `keep_dense`: leaf paths left dense.
+
+    **Returns:** a `Pruner`.
+    """
     return _topk(Evidence(), sparsity, distribution, sparsity_type, schedule, monotone, keep_dense)
 
 
-def GlobalBMRPruning(  # noqa: N802
+def GlobalBMRPruning(
     *, sparsity: Any = None, distribution: Distribution = "global", sparsity_type: SparsityType = "unstructured",
-    schedule: AbstractSchedule = _ONCE, monotone: bool = True, keep_dense: Any = (),
+    schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = True, keep_dense: Any = (),
 ) -> Pruner:
+    """Bayesian model reduction with one ranking of raw ΔF across all leaves (ΔF is in nats in every
+    layer, so no normalisation). Needs a `Posterior`; monotone by default. `BayesianGlobalPruning` is
+    the BMRPruner fork's name for it.
+
+    **Arguments:**
+
+    - `sparsity`: the final fraction of pruned weights (groups) in `[0, 1)`; omit for N:M.
+    - `distribution`: `"global"` (default), `"uniform"`, `"erk"` or `{leaf path: sparsity or None}`.
+    - `sparsity_type`: `"unstructured"`, `"channel"`, `"block"`, `"N:M"` (e.g. `"2:4"`), or an
+      `Unstructured()` / `Channel(axis)` / `Block(shape)` / `NByM(n, m, axis)`.
+    - `schedule`: when masks change (default `OneShotSchedule(0)`).
+    - `monotone`: pruned weights never come back (default True).
+    - `keep_dense`: leaf paths left dense.
+
+    **Returns:** a `Pruner`.
+    """
     return _topk(Evidence(), sparsity, distribution, sparsity_type, schedule, monotone, keep_dense)
 
 
-def SteBMRPruning(  # noqa: N802
+def SteBMRPruning(
     *, sparsity: Any = None, distribution: Distribution = "uniform", sparsity_type: SparsityType = "unstructured",
-    schedule: AbstractSchedule = _ONCE, monotone: bool = False, keep_dense: Any = (),
+    schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = False, keep_dense: Any = (),
 ) -> Pruner:
+    """BMR with straight-through masks: pruned weights keep receiving gradients and may come back when
+    their ΔF drops. Needs `Posterior(Sparse(model, straight_through=True), ...)`; recompute the masks
+    often (e.g. `PeriodicSchedule(every=1)`).
+
+    **Arguments:**
+
+    - `sparsity`: the final fraction of pruned weights (groups) in `[0, 1)`; omit for N:M.
+    - `distribution`: `"uniform"` (default), `"erk"`, `"global"` or `{leaf path: sparsity or None}`.
+    - `sparsity_type`: `"unstructured"`, `"channel"`, `"block"`, `"N:M"` (e.g. `"2:4"`), or an
+      `Unstructured()` / `Channel(axis)` / `Block(shape)` / `NByM(n, m, axis)`.
+    - `schedule`: when masks change (default `OneShotSchedule(0)`).
+    - `monotone`: pruned weights never come back (default False, so that they can).
+    - `keep_dense`: leaf paths left dense.
+
+    **Returns:** a `Pruner`.
+    """
     return _topk(Evidence(), sparsity, distribution, sparsity_type, schedule, monotone, keep_dense, straight_through=True)
 
 
-def UncertaintyMagnitudePruning(  # noqa: N802
+def UncertaintyMagnitudePruning(
     *, sparsity: Any = None, distribution: Distribution = "uniform", sparsity_type: SparsityType = "unstructured",
-    schedule: AbstractSchedule = _ONCE, monotone: bool = False, keep_dense: Any = (),
+    schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = False, keep_dense: Any = (),
 ) -> Pruner:
+    """Prune by signal-to-noise |μ|/σ: small and uncertain weights go first. Needs a `Posterior`.
+
+    **Arguments:**
+
+    - `sparsity`: the final fraction of pruned weights (groups) in `[0, 1)`; omit for N:M.
+    - `distribution`: `"uniform"` (default), `"erk"`, `"global"` or `{leaf path: sparsity or None}`.
+    - `sparsity_type`: `"unstructured"`, `"channel"`, `"block"`, `"N:M"` (e.g. `"2:4"`), or an
+      `Unstructured()` / `Channel(axis)` / `Block(shape)` / `NByM(n, m, axis)`.
+    - `schedule`: when masks change (default `OneShotSchedule(0)`).
+    - `monotone`: pruned weights never come back (default False).
+    - `keep_dense`: leaf paths left dense.
+
+    **Returns:** a `Pruner`.
+    """
     return _topk(SignalToNoise(), sparsity, distribution, sparsity_type, schedule, monotone, keep_dense)
 
 
-def PosteriorVariancePruning(  # noqa: N802
+def PosteriorVariancePruning(
     *, sparsity: Any = None, distribution: Distribution = "uniform", sparsity_type: SparsityType = "unstructured",
-    schedule: AbstractSchedule = _ONCE, monotone: bool = False, keep_dense: Any = (),
+    schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = False, keep_dense: Any = (),
 ) -> Pruner:
+    """Prune the weights the data informed least first: those whose posterior precision stayed nearest
+    the prior's (largest posterior variance). Needs a `Posterior`.
+
+    **Arguments:**
+
+    - `sparsity`: the final fraction of pruned weights (groups) in `[0, 1)`; omit for N:M.
+    - `distribution`: `"uniform"` (default), `"erk"`, `"global"` or `{leaf path: sparsity or None}`.
+    - `sparsity_type`: `"unstructured"`, `"channel"`, `"block"`, `"N:M"` (e.g. `"2:4"`), or an
+      `Unstructured()` / `Channel(axis)` / `Block(shape)` / `NByM(n, m, axis)`.
+    - `schedule`: when masks change (default `OneShotSchedule(0)`).
+    - `monotone`: pruned weights never come back (default False).
+    - `keep_dense`: leaf paths left dense.
+
+    **Returns:** a `Pruner`.
+    """
     return _topk(PosteriorPrecision(), sparsity, distribution, sparsity_type, schedule, monotone, keep_dense)
 
 
-def AdaptiveBMR(  # noqa: N802
+def AdaptiveBMR(
     threshold: float = 0.0, method: str = "threshold", *, sparsity_type: AbstractStructure | str = "unstructured",
-    schedule: AbstractSchedule = _ONCE, monotone: bool = True, keep_dense: Any = (),
+    schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = True, keep_dense: Any = (),
 ) -> Pruner:
     """Bayesian model reduction without a target: the evidence decides the sparsity.
 
@@ -136,7 +272,9 @@ def AdaptiveBMR(  # noqa: N802
     - `method`: `"threshold"` or `"spike_and_slab"`.
     - `sparsity_type`: `"unstructured"`, `"channel"`, `"block"` or a structure instance (not N:M,
       which fixes the sparsity).
-    - `schedule`, `monotone` (default True), `keep_dense`: as for every pruner.
+    - `schedule`: when masks change (default `OneShotSchedule(0)`).
+    - `monotone`: pruned weights never come back (default True).
+    - `keep_dense`: leaf paths left dense.
 
     **Returns:** a `Pruner`.
     """
@@ -151,29 +289,3 @@ def AdaptiveBMR(  # noqa: N802
 
 BayesianGlobalPruning = GlobalBMRPruning
 """The BMRPruner fork's name for `GlobalBMRPruning` (one global ranking by ΔF)."""
-
-for _f, _text in (
-    (MagnitudePruning, "Prune the weights of smallest magnitude |w|."),
-    (SaliencyPruning, "Prune the weights of smallest saliency |w·∂L/∂w| (pass `grads=` to `update`/`prune`)."),
-    (RandomPruning, "Prune random weights (pass `key=` to `update`/`prune`); monotone by default, so pruned "
-                    "weights never come back."),
-    (GlobalMagnitudePruning, "Magnitude pruning with one ranking across all prunable leaves. Scores are "
-                             "L2-normalised per leaf (`normalize=True`, JaxPruner's default); `normalize=False` "
-                             "ranks raw |w|."),
-    (GlobalSaliencyPruning, "Saliency pruning with one ranking across all prunable leaves (scores L2-normalised "
-                            "per leaf unless `normalize=False`)."),
-    (BMRPruning, "Bayesian model reduction with a target: per leaf, keep the weights whose removal costs the most "
-                 "evidence (rank by −ΔF of the spike reduced prior). With `sparsity_type=\"channel\"`, whole "
-                 "neurons/filters are ranked by their group ΔF. Needs a `Posterior`; monotone by default."),
-    (GlobalBMRPruning, "Bayesian model reduction with one ranking of raw ΔF across all leaves (ΔF is in nats in "
-                       "every layer, so no normalisation). Needs a `Posterior`; monotone by default. "
-                       "`BayesianGlobalPruning` is the BMRPruner fork's name for it."),
-    (SteBMRPruning, "BMR with straight-through masks: pruned weights keep receiving gradients and may come back "
-                    "when their ΔF drops. Needs `Posterior(Sparse(model, straight_through=True), ...)`; recompute "
-                    "the masks often (e.g. `PeriodicSchedule(every=1)`)."),
-    (UncertaintyMagnitudePruning, "Prune by signal-to-noise |μ|/σ: small and uncertain weights go first. "
-                                  "Needs a `Posterior`."),
-    (PosteriorVariancePruning, "Prune the weights the data informed least first: those whose posterior precision "
-                               "stayed nearest the prior's (largest posterior variance). Needs a `Posterior`."),
-):
-    _f.__doc__ = _doc(_text)

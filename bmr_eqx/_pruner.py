@@ -31,7 +31,12 @@ class _Entry(NamedTuple):
 
     site: int
     key: str
-    leaf: Leaf
+    leaf: Leaf  # its weight is the stored one; `scored_leaf` zeroes pruned entries (inside lax.cond)
+    straight_through: bool
+
+    def scored_leaf(self) -> Leaf:
+        w = self.leaf.weight
+        return self.leaf if self.straight_through else self.leaf._replace(weight=jnp.where(self.leaf.mask, w, jnp.zeros((), w.dtype)))
 
 
 def _bias_partners(entries: list[_Entry], structure: Channel) -> dict[int, int]:
@@ -49,7 +54,14 @@ def _bias_partners(entries: list[_Entry], structure: Channel) -> dict[int, int]:
 
 
 class Pruner(eqx.Module):
-    """A pruning algorithm, composed of parts:
+    """A pruning algorithm, composed of a score, a selection, a structure and a schedule.
+
+    The named algorithms (`MagnitudePruning(sparsity=0.9, distribution="erk")`, `AdaptiveBMR(...)`,
+    ...) are presets that build a `Pruner`. Use `update` inside a training step and `prune` for
+    one-shot pruning; both accept any pytree holding `Sparse` models (a `Sparse`, a `Posterior` of
+    one, a module with a `Sparse` encoder, a tuple of models).
+
+    **Arguments:**
 
     - `score`: what is important (`Magnitude()`, `Saliency()`, `Random()`, `Evidence()`, ... or
       your own `AbstractScore`);
@@ -63,11 +75,6 @@ class Pruner(eqx.Module):
       `("head.weight",)`), whatever the selection;
     - `straight_through`: the pruner expects `Sparse(..., straight_through=True)` models (pruned
       weights keep training and may come back) and raises otherwise.
-
-    The named algorithms (`MagnitudePruning(sparsity=0.9, distribution="erk")`, `AdaptiveBMR(...)`,
-    ...) are presets that build a `Pruner`. Use `update` inside a training step and `prune` for
-    one-shot pruning; both accept any pytree holding `Sparse` models (a `Sparse`, a `Posterior` of
-    one, a module with a `Sparse` encoder, a tuple of models).
     """
 
     score: AbstractScore
@@ -127,8 +134,7 @@ class Pruner(eqx.Module):
                 if "grad" in requires and g is None:
                     raise ValueError(f"grads has no gradient for the prunable leaf `{path}`.")
                 post = site.posterior
-                raw.append((i, rel, path, w if site.sparse.straight_through else jnp.where(m, w, jnp.zeros((), w.dtype)),
-                            m, g, post, None if post is None else post.hess[join_path(site.hess_prefix, rel)]))
+                raw.append((i, rel, path, w, m, g, post, None if post is None else post.hess[join_path(site.hess_prefix, rel)]))
         known = {r[2] for r in raw}
         unknown = sorted(set(self.keep_dense) - known)
         if unknown:
@@ -136,7 +142,7 @@ class Pruner(eqx.Module):
         keys = list(jax.random.split(key, len(raw))) if key is not None else [None] * len(raw)
         entries = [
             _Entry(i, rel, Leaf(path, w, m, g, k, h, None if post is None else post.ess,
-                                None if post is None else post.weight_decay))
+                                None if post is None else post.weight_decay), sites[i].sparse.straight_through)
             for (i, rel, path, w, m, g, post, h), k in zip(raw, keys)
         ]
         return sites, entries
@@ -147,16 +153,17 @@ class Pruner(eqx.Module):
         active = [j for j, e in enumerate(entries) if e.leaf.path not in self.keep_dense]
         partner = _bias_partners([entries[j] for j in active], st) if isinstance(st, Channel) else {}
         partner = {active[a]: active[b] for a, b in partner.items()}
+        leaves = {j: entries[j].scored_leaf() for j in active}
         scores = {}
         for j in active:
-            leaf = entries[j].leaf
+            leaf = leaves[j]
             s = self.score(leaf)
             scores[j] = jnp.where(leaf.mask, s, -jnp.inf) if self.monotone else s
         units, owners = [], []
         for j in active:
             if j in partner.values():
                 continue
-            leaf = entries[j].leaf
+            leaf = leaves[j]
             st.check(tuple(leaf.weight.shape), leaf.path)
             groups = st.group(scores[j])
             if j in partner:

@@ -30,7 +30,12 @@ class NoUpdateSchedule(AbstractSchedule):
 
 
 class OneShotSchedule(AbstractSchedule):
-    """Prune once, to the target sparsity, at `step`."""
+    """Prune once, to the target sparsity, at `step`.
+
+    **Arguments:**
+
+    - `step`: the training step at which the masks are computed (default 0).
+    """
 
     step: int = 0
 
@@ -55,7 +60,14 @@ def _in_window(step: Step, start: int, end: int | None, every: int) -> Bool[Arra
 
 class PeriodicSchedule(AbstractSchedule):
     """Recompute masks at the full target sparsity every `every` steps from `start` to `end`
-    (inclusive; `end=None`: forever)."""
+    (inclusive; `end=None`: forever).
+
+    **Arguments:**
+
+    - `every`: steps between recomputations (≥ 1).
+    - `start`: the first update step (default 0).
+    - `end`: the last update step, inclusive (default None: no end).
+    """
 
     every: int
     start: int = 0
@@ -70,7 +82,15 @@ class PeriodicSchedule(AbstractSchedule):
 
 class PolynomialSchedule(AbstractSchedule):
     """Gradual pruning (Zhu & Gupta): every `every` steps from `start` to `end` (inclusive), at
-    sparsity `s·(1 − (1 − p)^power)` with `p = clip(step + 1 − start, 0, end − start)/(end − start)`."""
+    sparsity `s·(1 − (1 − p)^power)` with `p = clip(step + 1 − start, 0, end − start)/(end − start)`.
+
+    **Arguments:**
+
+    - `start`: the first update step.
+    - `end`: the last update step, inclusive (> `start`); the full target sparsity applies from here on.
+    - `every`: steps between recomputations (default 1).
+    - `power`: the exponent of the ramp (default 3).
+    """
 
     start: int
     end: int

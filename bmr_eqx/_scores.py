@@ -51,7 +51,7 @@ class AbstractScore(eqx.Module):
 
 
 class Magnitude(AbstractScore):
-    """|w|."""
+    """|w|: the weights nearest zero go first (no extra inputs needed)."""
 
     def __call__(self, leaf: Leaf) -> Array:
         return jnp.abs(leaf.weight)
