@@ -165,7 +165,8 @@ def spike_and_slab_mask(delta_f: Float[ArrayLike, "*shape"], num_iters: int = 20
 
 
 def posterior_delta_f(posterior: Posterior) -> dict[str, Array]:
-    """Spike ΔF of every trainable weight of `posterior`, keyed by path like `posterior.hess`.
+    """Spike ΔF of every trainable weight of `posterior`, keyed by path like `posterior.hess`, from
+    the data curvature `posterior.data_hess()` (as the BMR pruners score).
 
     **Arguments:**
 
@@ -173,7 +174,8 @@ def posterior_delta_f(posterior: Posterior) -> dict[str, Array]:
 
     **Returns:** a dict from path to an array of ΔF, shaped like the weight.
     """
+    hess = posterior.data_hess()
     return {
-        p.path: delta_f_spike(p.leaf, posterior.hess[p.path], posterior.ess, posterior.weight_decay)
+        p.path: delta_f_spike(p.leaf, hess[p.path], posterior.ess, posterior.weight_decay)
         for p in trainable_params(posterior.mean)
     }

@@ -172,7 +172,11 @@ def ivon(
             d_hess[p.path] = h_new - h
         d_mean = keep_pruned_at_zero(ps, d_mean)
         mean_updates = jax.tree.structure(trainable(post.mean)).unflatten(d_mean)
-        updates = eqx.tree_at(lambda q: (q.mean, q.hess), post, (mean_updates, d_hess), is_leaf=lambda x: x is None)
+        w = post.init_weight
+        d_w = jnp.where(refresh, w * b2, w) - w  # the weight of hess_init in h decays by b2 per refresh
+        updates = eqx.tree_at(
+            lambda q: (q.mean, q.hess, q.init_weight), post, (mean_updates, d_hess, d_w), is_leaf=lambda x: x is None
+        )
         new_momentum = jax.tree.structure(trainable(post)).unflatten(momentum)
         return updates, IVONState(new_momentum, count)
 

@@ -21,6 +21,15 @@ def check_prior(ess: Any, weight_decay: Any) -> None:
             )
 
 
+def data_curvature(hess: Array, init_weight: Array, hess_init: float) -> Array:
+    """`(h − w·h0)/(1 − w)` where `w < 1`, else 0 (see `Posterior.data_hess`)."""
+    w = jnp.asarray(init_weight, jnp.float32)
+    learnt = w < 1
+    denom = jnp.where(learnt, 1 - w, 1.0)
+    out = (hess.astype(jnp.float32) - w * hess_init) / denom
+    return jnp.where(learnt, out, 0.0).astype(hess.dtype)
+
+
 class Posterior(AbstractWrapper):
     """A mean-field Gaussian posterior `q(θ) = N(mean, 1/(ess·(hess + weight_decay)))` over the
     trainable leaves of a model, with prior `N(0, 1/(ess·weight_decay))` (see the docs' IVON and
@@ -36,12 +45,16 @@ class Posterior(AbstractWrapper):
     - `ess`: the effective sample size λ (usually the training-set size).
     - `weight_decay`: δ, the prior precision per example.
     - `hess_init`: the initial curvature (used by `ivon(rescale_lr=True)`).
+    - `init_weight`: the weight that `hess_init` still has in `hess` (a scalar array): 1 for a new
+      posterior, `b2^n` after n curvature updates of `ivon`, 0 once the curvature was computed
+      from data (`hess=` given, or `refresh_curvature`). `data_hess()` removes that part.
 
     Calling a `Posterior` calls the mean model. Pruned weights of a `Sparse` mean are never
     sampled away from 0.
 
     **Arguments:** `mean`, `ess`, `weight_decay` (default 1e-4), `hess_init` (default 1.0) as above;
-    `hess`: start from this curvature instead of `hess_init` everywhere.
+    `hess`: start from this curvature instead of `hess_init` everywhere; `init_weight`: the weight
+    of `hess_init` in it (default: 1 without `hess`, 0 with it).
     """
 
     mean: PyTree
@@ -49,6 +62,7 @@ class Posterior(AbstractWrapper):
     ess: float = eqx.field(static=True)
     weight_decay: float = eqx.field(static=True)
     hess_init: float = eqx.field(static=True)
+    init_weight: Array
 
     def __init__(
         self,
@@ -58,6 +72,7 @@ class Posterior(AbstractWrapper):
         weight_decay: float | int = 1e-4,
         hess_init: float | int = 1.0,
         hess: Mapping[str, Any] | None = None,
+        init_weight: Any = None,
     ):
         check_prior(ess, weight_decay)
         if isinstance(hess_init, bool) or not isinstance(hess_init, (int, float)) or hess_init < 0:
@@ -68,9 +83,12 @@ class Posterior(AbstractWrapper):
         self.ess = float(ess)
         self.weight_decay = float(weight_decay)
         self.hess_init = float(hess_init)
+        if init_weight is None:
+            init_weight = 1.0 if hess is None else 0.0
         if hess is None:
             hess = {p.path: jnp.full(p.leaf.shape, hess_init, p.leaf.dtype) for p in trainable_params(mean)}
         self.hess = dict(hess)
+        self.init_weight = jnp.asarray(init_weight, jnp.float32)
 
     def __check_init__(self):
         ps = {p.path: p.leaf for p in trainable_params(self.mean)}
@@ -87,11 +105,28 @@ class Posterior(AbstractWrapper):
         return self.mean
 
     def without_statistics(self) -> "Posterior":
-        return eqx.tree_at(lambda p: p.hess, self, {k: None for k in self.hess}, is_leaf=lambda x: x is None)
+        return eqx.tree_at(
+            lambda p: (p.hess, p.init_weight), self, ({k: None for k in self.hess}, None), is_leaf=lambda x: x is None
+        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Calls the mean model."""
         return self.mean(*args, **kwargs)
+
+    def data_hess(self) -> dict[str, Array]:
+        """The curvature with the initial value removed, by path: what the data taught.
+
+        `ivon` keeps `h` as an exponential average started at `hess_init`: after n curvature
+        updates `h = w·h0 + (1 − w)·D` with `w = b2^n` (`init_weight`) and `D` the average of the
+        updates' data terms (the estimates ĥ plus IVON's small positivity correction, weighted as
+        the average weights them). So `D = (h − w·h0)/(1 − w)` exactly, like Adam's bias correction.
+        Where nothing was learnt yet (`w = 1`) it is 0. BMR scores use this curvature.
+
+        **Returns:** a dict from path to the data curvature (may be slightly negative where the
+        noisy estimates average below 0; ΔF treats negative curvature as 0).
+        """
+        w = self.init_weight
+        return {k: data_curvature(h, w, self.hess_init) for k, h in self.hess.items()}
 
     def precision(self) -> dict[str, Array]:
         """The posterior precision `ess·(hess + weight_decay)` of every trainable weight, by path."""

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Int, PRNGKeyArray
 
-from ._posterior import Posterior
+from ._posterior import Posterior, data_curvature
 from ._schedules import AbstractSchedule, OneShotSchedule
 from ._scores import AbstractScore, Leaf
 from ._selection import AbstractSelection, AbstractStructure, Channel, Unit, Unstructured
@@ -31,12 +31,19 @@ class _Entry(NamedTuple):
 
     site: int
     key: str
-    leaf: Leaf  # its weight is the stored one; `scored_leaf` zeroes pruned entries (inside lax.cond)
+    leaf: Leaf  # stored weight and raw curvature; `scored_leaf` derives what scores see
     straight_through: bool
+    posterior: Posterior | None
 
     def scored_leaf(self) -> Leaf:
-        w = self.leaf.weight
-        return self.leaf if self.straight_through else self.leaf._replace(weight=jnp.where(self.leaf.mask, w, jnp.zeros((), w.dtype)))
+        """The leaf as scores see it (computed inside the update's lax.cond): pruned entries at 0
+        (unless straight-through) and the data curvature (the initial value removed)."""
+        leaf = self.leaf
+        if not self.straight_through:
+            leaf = leaf._replace(weight=jnp.where(leaf.mask, leaf.weight, jnp.zeros((), leaf.weight.dtype)))
+        if self.posterior is not None:
+            leaf = leaf._replace(hess=data_curvature(leaf.hess, self.posterior.init_weight, self.posterior.hess_init))
+        return leaf
 
 
 def _bias_partners(entries: list[_Entry], structure: Channel) -> dict[int, int]:
@@ -142,7 +149,7 @@ class Pruner(eqx.Module):
         keys = list(jax.random.split(key, len(raw))) if key is not None else [None] * len(raw)
         entries = [
             _Entry(i, rel, Leaf(path, w, m, g, k, h, None if post is None else post.ess,
-                                None if post is None else post.weight_decay), sites[i].sparse.straight_through)
+                                None if post is None else post.weight_decay), sites[i].sparse.straight_through, post)
             for (i, rel, path, w, m, g, post, h), k in zip(raw, keys)
         ]
         return sites, entries

@@ -21,8 +21,9 @@ class Leaf(NamedTuple):
     - `mask`: its current mask;
     - `grad`: its gradient (None unless `grads=` was given);
     - `key`: a PRNG key for this leaf (None unless `key=` was given);
-    - `hess`, `ess`, `weight_decay`: the posterior's curvature and prior (None unless the leaf is in
-      a `Posterior`).
+    - `hess`, `ess`, `weight_decay`: the posterior's data curvature (`Posterior.data_hess`: IVON's
+      curvature with the initial value `hess_init` removed) and prior (None unless the leaf is in a
+      `Posterior`).
     """
 
     path: str

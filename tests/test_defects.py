@@ -34,7 +34,7 @@ def test_default_rule_prunes_weights_not_conv_or_stacked_biases():
 def cnn_posterior(mean_scale):
     model, _ = eqx.nn.make_with_state(lambda k: bx.Posterior(bx.Sparse(CNN(k)), ess=10.0, weight_decay=1.0))(jax.random.key(0))
     small = jax.tree.map(lambda w: w * mean_scale if eqx.is_inexact_array(w) else w, model.mean)
-    return eqx.tree_at(lambda p: p.mean, model, small)
+    return bx.Posterior(small, ess=10.0, weight_decay=1.0, hess={k: jnp.ones_like(h) for k, h in model.hess.items()})
 
 
 def test_adaptive_channel_bmr_keeps_the_head_and_never_empties_a_layer():

@@ -1,0 +1,54 @@
+"""The data curvature: IVON's h with the initial value removed, against a NumPy re-derivation."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import mlp, mlp_batch, stateless_loss
+
+import bmr_eqx as bx
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_data_hess_is_the_weighted_average_of_the_updates(every):
+    b2, h0, delta = 0.8, 0.7, 1e-2
+    post = bx.Posterior(bx.Sparse(mlp()), ess=32.0, weight_decay=delta, hess_init=h0)
+    assert float(post.init_weight) == 1.0
+    assert all(float(jnp.abs(v).max()) == 0 for v in post.data_hess().values())  # nothing learnt yet
+    opt = bx.ivon(0.05, b2=b2, hess_update_every=every)
+    state = opt.init(post)
+    x, y = mlp_batch()
+    path = "layers[1].weight"
+    h = np.full(post.hess[path].shape, h0, np.float64)
+    num, n = np.zeros_like(h), 0  # Σ_s b2^(n-s)·[(1-b2)·ĥ_s + c_s]: the data part, exactly
+    for t in range(7):
+        _, grads, h_hat = bx.noisy_value_and_grad(stateless_loss)(post, jax.random.key(t), x, y)
+        updates, state = opt.update(grads, state, post, hess_estimate=h_hat)
+        post = eqx.apply_updates(post, updates)
+        if t % every == 0:
+            hh = np.asarray(h_hat[path], np.float64)
+            term = (1 - b2) * hh + 0.5 * (1 - b2) ** 2 * (h - hh) ** 2 / (h + delta)
+            h = b2 * h + term
+            num = b2 * num + term
+            n += 1
+    np.testing.assert_allclose(post.hess[path], h, rtol=1e-5)
+    assert float(post.init_weight) == pytest.approx(b2**n, rel=1e-6)
+    np.testing.assert_allclose(post.data_hess()[path], num / (1 - b2**n), rtol=1e-4, atol=1e-6)
+    assert float(bx.trainable(post).init_weight is None)  # a statistic, never trained
+
+
+def test_given_curvature_is_data_and_bmr_scores_use_the_data_part():
+    post = bx.Posterior(bx.Sparse(mlp()), ess=50.0, weight_decay=1e-2, hess_init=1.0)
+    keys = jax.random.split(jax.random.key(3), len(post.hess))
+    h = {k: jax.random.uniform(kk, v.shape, minval=0.6, maxval=4.0) for (k, v), kk in zip(post.hess.items(), keys)}
+    given = bx.Posterior(post.mean, ess=50.0, weight_decay=1e-2, hess_init=1.0, hess=h)
+    assert float(given.init_weight) == 0.0
+    np.testing.assert_array_equal(given.data_hess()["layers[0].weight"], h["layers[0].weight"])
+    # half of h is still hess_init: the pruner scores ΔF at the data curvature 2h − 1
+    half = eqx.tree_at(lambda p: p.init_weight, given, jnp.asarray(0.5))
+    pruned = bx.BMRPruning(sparsity=0.5).prune(half)
+    w, hw = post.mean.model.layers[0].weight, h["layers[0].weight"]
+    expect = bx.topk_mask(-bx.delta_f_spike(w, 2 * hw - 1.0, 50.0, 1e-2), 0.5)
+    np.testing.assert_array_equal(pruned.mean.masks["layers[0].weight"], expect)
+    assert not jnp.array_equal(expect, bx.topk_mask(-bx.delta_f_spike(w, hw, 50.0, 1e-2), 0.5))
