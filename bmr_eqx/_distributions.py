@@ -68,7 +68,7 @@ def erk_sparsities(shapes: Mapping[str, tuple[int, ...]], sparsity: float) -> di
 
 
 def leaf_sparsities(
-    shapes: Mapping[str, tuple[int, ...]], sparsity: float | None, distribution: Distribution
+    shapes: Mapping[str, tuple[int, ...]], sparsity: Any, distribution: Distribution
 ) -> dict[str, float | None]:
     """Per-leaf target sparsities (None = leave dense) for the leaves in `shapes` (path -> shape).
 
@@ -92,5 +92,10 @@ def leaf_sparsities(
             )
         return {p: distribution.get(p, sparsity) for p in shapes}
     if distribution == "erk" and sparsity is not None:
+        if isinstance(sparsity, jax.core.Tracer):
+            raise ValueError(
+                "distribution='erk' computes per-leaf sparsities in Python and needs a concrete sparsity, got a traced "
+                "one; give the target as a Python number (schedules may still vary it during training)."
+            )
         return erk_sparsities(shapes, sparsity)
     return {p: sparsity for p in shapes}

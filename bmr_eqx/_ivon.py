@@ -66,7 +66,7 @@ def noisy_value_and_grad(
                 value, a = value
                 aux = a if i == 0 else aux
             g = flatten_like_trainable(posterior.mean, eqx.filter(g, eqx.is_inexact_array), "The gradient")
-            h = [None if gi is None else gi * eps[p.path] / sigma[p.path] for p, gi in zip(ps, g)]
+            h = [None if gi is None else gi * eps[p.path] / sigma[p.path] for p, gi in zip(ps, g)]  # hess dtype
             loss = loss + value
             g_sum = g if g_sum is None else [a + b for a, b in zip(g_sum, g)]
             h_sum = h if h_sum is None else [a + b for a, b in zip(h_sum, h)]
@@ -109,7 +109,9 @@ def ivon(
 
     Per step: `g ← b1·g + (1−b1)·ĝ`; `h ← b2·h + (1−b2)·ĥ + ½(1−b2)²(h−ĥ)²/(h+δ)` (keeps h > 0);
     `m ← m − α·clip((g/(1−b1^t) + δ·m)/(h+δ), ±clip_radius)`. Everything is computed in each
-    weight's own dtype (a `bfloat16` posterior stays `bfloat16`).
+    weight's own dtype (a `bfloat16` mean stays `bfloat16`); the curvature is kept in float32 at
+    least. `ivon` must come last in a chain: its updates carry the curvature's change, which a
+    transformation after it (a scale, a clip) would change too.
 
     **Arguments:**
 
@@ -150,6 +152,10 @@ def ivon(
                 "`value, grads, h = bmr_eqx.noisy_value_and_grad(loss_fn)(posterior, key, ...)`."
             )
         ps = trainable_params(post.mean)
+        missing = sorted(set(post.hess) - set(hess_estimate))
+        if missing:
+            raise ValueError(f"hess_estimate has no entry for {missing[:5]}; pass the third output of "
+                             "bmr_eqx.noisy_value_and_grad for this posterior.")
         g_hat = flatten_like_trainable(post, grads, "grads")
         g_old = flatten_like_trainable(post, state.momentum, "The IVON momentum")
         delta = post.weight_decay
@@ -162,11 +168,11 @@ def ivon(
         momentum, d_mean, d_hess = [], [], {}
         for p, gh, g in zip(ps, g_hat, g_old):
             dt = p.leaf.dtype
-            h, hh = post.hess[p.path], hess_estimate[p.path]
+            h, hh = post.hess[p.path], hess_estimate[p.path].astype(post.hess[p.path].dtype)
             g = b1 * g + (1 - b1) * gh
             h_next = b2 * h + (1 - b2) * hh + 0.5 * (1 - b2) ** 2 * (h - hh) ** 2 / (h + delta)
             h_new = jnp.where(refresh, h_next, h).astype(h.dtype)
-            step = (g / debias.astype(dt) + delta * p.leaf) / (h_new + delta)
+            step = ((g / debias.astype(dt) + delta * p.leaf) / (h_new + delta)).astype(dt)
             momentum.append(g)
             d_mean.append((-jnp.asarray(alpha, dt) * jnp.clip(step, -clip_radius, clip_radius)).astype(dt))
             d_hess[p.path] = h_new - h

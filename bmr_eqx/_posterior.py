@@ -21,6 +21,12 @@ def check_prior(ess: Any, weight_decay: Any) -> None:
             )
 
 
+def hess_dtype(dtype: Any) -> Any:
+    """The curvature's dtype for weights of `dtype`: at least float32. IVON averages with weight
+    `1 − b2` (1e-5 by default), which a bfloat16 curvature would round away entirely."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def data_curvature(hess: Array, init_weight: Array, hess_init: float) -> Array:
     """`(h − w·h0)/(1 − w)` where `w < 1`, else 0 (see `Posterior.data_hess`)."""
     w = jnp.asarray(init_weight, jnp.float32)
@@ -40,7 +46,7 @@ class Posterior(AbstractWrapper):
     - `mean`: the model holding the posterior means (any model; it may be or hold `Sparse` models).
     - `hess`: IVON's diagonal curvature `h` of every trainable weight, a dict keyed by the weight's
       path (`"layers[0].weight"`; the `.model` hop of a `Sparse` is left out, as in
-      `sparsity_summary`). It is a posterior statistic, not a parameter: `bmr_eqx.trainable` leaves
+      `sparsity_summary`), in float32 at least (also for a bfloat16 mean). It is a posterior statistic, not a parameter: `bmr_eqx.trainable` leaves
       it out.
     - `ess`: the effective sample size λ (usually the training-set size).
     - `weight_decay`: δ, the prior precision per example.
@@ -86,7 +92,7 @@ class Posterior(AbstractWrapper):
         if init_weight is None:
             init_weight = 1.0 if hess is None else 0.0
         if hess is None:
-            hess = {p.path: jnp.full(p.leaf.shape, hess_init, p.leaf.dtype) for p in trainable_params(mean)}
+            hess = {p.path: jnp.full(p.leaf.shape, hess_init, hess_dtype(p.leaf.dtype)) for p in trainable_params(mean)}
         self.hess = dict(hess)
         self.init_weight = jnp.asarray(init_weight, jnp.float32)
 
@@ -142,7 +148,7 @@ class Posterior(AbstractWrapper):
         keys = jax.random.split(key, max(1, len(ps)))
         out = {}
         for p, k in zip(ps, keys):
-            e = jax.random.normal(k, p.leaf.shape, p.leaf.dtype)
+            e = jax.random.normal(k, p.leaf.shape, p.leaf.dtype)  # noise in the weights' dtype
             out[p.path] = e if p.mask is None else jnp.where(p.mask, e, jnp.zeros((), e.dtype))
         return out
 
@@ -150,7 +156,7 @@ class Posterior(AbstractWrapper):
         """The mean model moved to `mean + σ·eps` (pruned weights stay exactly 0)."""
         ps = trainable_params(self.mean)
         std = self.std()
-        shifts = keep_pruned_at_zero(ps, [eps[p.path] * std[p.path] for p in ps])
+        shifts = keep_pruned_at_zero(ps, [(eps[p.path] * std[p.path]).astype(p.leaf.dtype) for p in ps])
         return eqx.apply_updates(self.mean, unflatten_like_trainable(self.mean, shifts))
 
     def sample(self, key: PRNGKeyArray) -> PyTree:

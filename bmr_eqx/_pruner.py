@@ -48,12 +48,12 @@ class _Entry(NamedTuple):
 
 def _bias_partners(entries: list[_Entry], structure: Channel) -> dict[int, int]:
     """{index of a weight entry: index of its prunable bias} for `X.weight` / `X.bias` of one site
-    whose bias has one entry per channel."""
+    whose bias has one entry per channel, when the channels are the outputs (axis 0)."""
     by_path = {(e.site, e.key): j for j, e in enumerate(entries)}
     out = {}
     for j, e in enumerate(entries):
         w = e.leaf.weight
-        if e.key.endswith("weight") and w.ndim >= 1:
+        if e.key.endswith("weight") and w.ndim >= 1 and structure.axis % w.ndim == 0:
             b = by_path.get((e.site, e.key[: -len("weight")] + "bias"))
             if b is not None and entries[b].leaf.weight.size == w.shape[structure.axis % w.ndim]:
                 out[j] = b
@@ -102,6 +102,11 @@ class Pruner(eqx.Module):
             if not isinstance(value, cls):
                 raise TypeError(f"Pruner {name} must be a bmr_eqx.{cls.__name__}, got {type(value).__name__}.")
         self.selection.check(self.structure)
+        unknown = sorted(set(self.score.requires) - {"grad", "key", "hess"})
+        if unknown:
+            raise ValueError(
+                f"{type(self.score).__name__}.requires names {unknown}; a score may require 'grad', 'key' or 'hess'."
+            )
 
     # ---- what the score sees ---------------------------------------------------------------------
 
@@ -117,7 +122,7 @@ class Pruner(eqx.Module):
             raise ValueError(f"The {score_name} score needs a PRNG key: pass key=jax.random.key(...).")
         raw = []
         for i, site in enumerate(sites):
-            check_masks(site.sparse.model, site.sparse.masks)
+            check_masks(site.sparse.model, site.sparse.masks, site.prefix)
             if self.straight_through and not site.sparse.straight_through:
                 raise ValueError(
                     f"This pruner recomputes straight-through masks: build the model at `{site.prefix or 'the root'}` "
@@ -180,10 +185,13 @@ class Pruner(eqx.Module):
         keeps = self.selection.select(units, sparsity_at) if units else []
         new: list[Array | None] = [None] * len(entries)
         for j, keep in zip(owners, keeps):
+            if keep is None:  # the selection leaves this leaf alone
+                continue
             new[j] = st.expand(keep, tuple(entries[j].leaf.weight.shape))
             if j in partner:
                 new[partner[j]] = keep.reshape(entries[partner[j]].leaf.weight.shape)
-        return [jnp.ones(e.leaf.weight.shape, bool) if m is None else m for e, m in zip(entries, new)]
+        # keep_dense leaves and leaves a selection leaves alone keep their mask as it is
+        return [e.leaf.mask if m is None else m for e, m in zip(entries, new)]
 
     @staticmethod
     def _put(model: PyTree, entries: Sequence[_Entry], masks: Sequence[Array], zero_weights: bool) -> PyTree:

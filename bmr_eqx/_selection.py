@@ -41,8 +41,9 @@ class Unstructured(AbstractStructure):
 
 
 class Block(AbstractStructure):
-    """Prune whole blocks: scores are pooled (`"mean"` or `"max"`) over blocks of `shape` on the
-    leading axes (missing trailing block sizes are 1).
+    """Prune whole blocks: scores are pooled (`"mean"`, `"max"` or `"sum"`) over blocks of `shape`
+    on the leading axes (missing trailing block sizes are 1). Evidence scores (ΔF) add up over a
+    block, so adaptive BMR pools them with `"sum"`.
 
     **Arguments:** `shape` (default `(4, 4)`), `pool` (default `"mean"`).
     """
@@ -51,8 +52,8 @@ class Block(AbstractStructure):
     pool: str = "mean"
 
     def __check_init__(self):
-        if self.pool not in ("mean", "max"):
-            raise ValueError(f"Block pool must be 'mean' or 'max', got {self.pool!r}.")
+        if self.pool not in ("mean", "max", "sum"):
+            raise ValueError(f"Block pool must be 'mean', 'max' or 'sum', got {self.pool!r}.")
         if not self.shape or any((not isinstance(b, int)) or b < 1 for b in self.shape):
             raise ValueError(f"Block shape must be positive integers, got {self.shape!r}.")
 
@@ -70,7 +71,7 @@ class Block(AbstractStructure):
         split = []
         for d, b in zip(scores.shape, self._full(scores.ndim)):
             split += [d // b, b]
-        reduce = jnp.max if self.pool == "max" else jnp.mean
+        reduce = {"mean": jnp.mean, "max": jnp.max, "sum": jnp.sum}[self.pool]
         return reduce(scores.reshape(split), axis=tuple(range(1, 2 * scores.ndim, 2)))
 
     def expand(self, keep: Array, shape: tuple[int, ...]) -> Array:
@@ -83,7 +84,9 @@ class Channel(AbstractStructure):
     """Prune whole slices along `axis` (default 0: output neurons of `eqx.nn.Linear`, filters of
     `eqx.nn.Conv`), ranked by the sum of their scores (the L1 norm for magnitude, the group ΔF for
     BMR). A prunable bias (`X.bias` beside `X.weight`, one entry per channel) joins its weight's
-    channels. For a scan-over-layers stack `(layers, out, in)`, use `Channel(axis=1)`.
+    channels (axis 0 only). For a scan-over-layers stack `(layers, out, in)`, `Channel(axis=1)`
+    ranks the output rows of all layers together; prune ensembles member by member with
+    `eqx.filter_vmap(pruner.prune)`.
 
     **Arguments:** `axis` (default 0).
     """
@@ -92,7 +95,10 @@ class Channel(AbstractStructure):
 
     def check(self, shape: tuple[int, ...], path: str) -> None:
         if not -len(shape) <= self.axis < len(shape):
-            raise ValueError(f"Channel axis {self.axis} is out of range for `{path}` of shape {shape}.")
+            raise ValueError(
+                f"Channel axis {self.axis} is out of range for `{path}` of shape {shape}; leave that leaf out "
+                f"(keep_dense=('{path}',)) or choose another axis."
+            )
 
     def group(self, scores: Array) -> Array:
         axis = self.axis % scores.ndim
@@ -121,9 +127,10 @@ class AbstractSelection(eqx.Module):
     leaf itself (its current mask, its gradient) fit the same interface."""
 
     @abc.abstractmethod
-    def select(self, units: Sequence[Unit], sparsity_at: SparsityAt) -> list[Array]:
-        """Keep flags of every unit's groups. `sparsity_at(target)` is the sparsity the schedule puts
-        in force now for a leaf whose final sparsity is `target`."""
+    def select(self, units: Sequence[Unit], sparsity_at: SparsityAt) -> list[Array | None]:
+        """Keep flags of every unit's groups (None: leave that leaf's mask as it is).
+        `sparsity_at(target)` is the sparsity the schedule puts in force now for a leaf whose final
+        sparsity is `target`."""
 
     def check(self, structure: AbstractStructure) -> None:
         """Raise if this selection cannot work on groups of `structure`."""
@@ -139,14 +146,23 @@ class TopK(AbstractSelection):
     - `distribution`: `"uniform"` (every leaf at `sparsity`), `"erk"` (Erdős–Rényi-kernel),
       `"global"` (one ranking across all leaves), or a dict `{leaf path: sparsity or None}`;
       leaves missing from the dict get `sparsity`, leaves mapped to None stay dense.
+    - `floor`: with `"global"`, every leaf keeps at least `floor` times the density it would
+      keep under a uniform allocation (`round(n·floor·(1 − sparsity))` of its `n` entries, and at
+      least one), so a global ranking never collapses a layer; the rest of the budget goes to the
+      best entries anywhere. Exact while the floors fit in the budget (`floor ≤ 1`).
     """
 
     sparsity: Any = eqx.field(default=None, converter=as_sparsity)
     distribution: Distribution = eqx.field(default="uniform", converter=as_distribution)
+    floor: float = 0.0
 
     def __check_init__(self):
         if self.sparsity is None and not isinstance(self.distribution, dict):
             raise ValueError("TopK needs a target: pass sparsity=<number in [0, 1)> (or a per-path distribution).")
+        if isinstance(self.floor, bool) or not isinstance(self.floor, (int, float)) or not 0 <= self.floor <= 1:
+            raise ValueError(f"floor must be a number in [0, 1], got {self.floor!r}.")
+        if self.floor and self.distribution != "global":
+            raise ValueError("floor applies to distribution='global' (per-leaf distributions fix every leaf's share).")
 
     def check(self, structure: AbstractStructure) -> None:
         if self.distribution == "global" and not isinstance(structure, Unstructured):
@@ -154,21 +170,19 @@ class TopK(AbstractSelection):
                 f"distribution='global' ranks single weights across leaves and needs unstructured sparsity, got {structure!r}."
             )
 
-    def select(self, units: Sequence[Unit], sparsity_at: SparsityAt) -> list[Array]:
+    def select(self, units: Sequence[Unit], sparsity_at: SparsityAt) -> list[Array | None]:
         if self.distribution == "global":
-            return global_topk_masks([u.scores for u in units], sparsity_at(self.sparsity))
+            sparsity = sparsity_at(self.sparsity)
+            scores = [u.scores for u in units]
+            if self.floor:
+                # the best floor·density of each leaf first (+inf), then the best of the rest anywhere
+                density = 1 - (sparsity if isinstance(sparsity, float) else jnp.asarray(sparsity, jnp.float32))
+                floor_sparsity = 1 - self.floor * density
+                scores = [jnp.where(topk_mask(s, floor_sparsity), jnp.inf, s) for s in scores]
+            return global_topk_masks(scores, sparsity)
         shapes = {u.leaf.path: tuple(u.leaf.weight.shape) for u in units}
-        unknown = sorted(set(self.distribution) - set(shapes)) if isinstance(self.distribution, dict) else []
-        if unknown:
-            raise ValueError(
-                f"The custom distribution names {unknown}, which are not prunable leaves of the model; "
-                f"prunable leaves are {sorted(shapes)}."
-            )
         targets = leaf_sparsities(shapes, self.sparsity, self.distribution)
-        return [
-            jnp.ones(u.scores.shape, bool) if targets[u.leaf.path] is None else topk_mask(u.scores, sparsity_at(targets[u.leaf.path]))
-            for u in units
-        ]
+        return [None if targets[u.leaf.path] is None else topk_mask(u.scores, sparsity_at(targets[u.leaf.path])) for u in units]
 
 
 class NByM(AbstractSelection):
@@ -234,20 +248,29 @@ class SpikeAndSlab(AbstractSelection):
         return [keep_best(spike_and_slab_mask(-u.scores, self.num_iters), u.scores) for u in units]
 
 
-def structure_and_selection(
-    sparsity: Any, distribution: Distribution, sparsity_type: Any
-) -> tuple[AbstractStructure, AbstractSelection]:
-    """The structure and the top-k selection (or N:M) that JaxPruner-style arguments describe:
-    `sparsity_type` is `"unstructured"`, `"channel"`, `"block"`, an `"N:M"` string such as `"2:4"`,
-    or an `Unstructured()` / `Block(...)` / `Channel(...)` / `NByM(...)` instance."""
-    kind = sparsity_type
-    if isinstance(kind, str):
+def parse_sparsity_type(value: Any) -> "AbstractStructure | NByM":
+    """A structure or N:M selection from `"unstructured"`, `"channel"`, `"block"`, an `"N:M"` string
+    such as `"2:4"`, or an `Unstructured()` / `Block(...)` / `Channel(...)` / `NByM(...)` instance."""
+    if isinstance(value, (AbstractStructure, NByM)):
+        return value
+    if isinstance(value, str):
         named = {"unstructured": Unstructured, "channel": Channel, "block": Block}
-        parts = kind.split(":")
-        if kind in named:
-            kind = named[kind]()
-        elif len(parts) == 2 and all(p.strip().isdigit() for p in parts):
-            kind = NByM(int(parts[0]), int(parts[1]))
+        parts = value.split(":")
+        if value in named:
+            return named[value]()
+        if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+            return NByM(int(parts[0]), int(parts[1]))
+    raise ValueError(
+        f"Unknown sparsity type {value!r}; use 'unstructured', 'channel', 'block', an 'N:M' string like "
+        "'2:4', or an instance of bmr_eqx.Unstructured / NByM / Block / Channel."
+    )
+
+
+def structure_and_selection(
+    sparsity: Any, distribution: Distribution, sparsity_type: Any, floor: float = 0.0
+) -> tuple[AbstractStructure, AbstractSelection]:
+    """The structure and the top-k selection (or N:M) that JaxPruner-style arguments describe."""
+    kind = parse_sparsity_type(sparsity_type)
     if isinstance(kind, NByM):
         if sparsity is not None:
             raise ValueError(
@@ -257,9 +280,4 @@ def structure_and_selection(
         if distribution != "uniform":
             raise ValueError("N:M sparsity fixes every leaf's sparsity; drop distribution= (keep leaves dense with keep_dense=...).")
         return Unstructured(), kind
-    if isinstance(kind, AbstractStructure):
-        return kind, TopK(sparsity, distribution)
-    raise ValueError(
-        f"Unknown sparsity type {sparsity_type!r}; use 'unstructured', 'channel', 'block', an 'N:M' string like "
-        "'2:4', or an instance of bmr_eqx.Unstructured / NByM / Block / Channel."
-    )
+    return kind, TopK(sparsity, distribution, floor)

@@ -47,9 +47,10 @@ def _split(tree: PyTree, grads: PyTree, what: str) -> tuple[list, Any, list]:
         try:
             flat_g = treedef.flatten_up_to(grads)
         except (ValueError, TypeError) as e:
+            detail = str(e).splitlines()[0][:300]
             raise ValueError(
                 f"grads does not have the structure of {what}; pass the gradients of the same tree, e.g. "
-                f"`eqx.filter_grad(loss)(model)`. Details: {e}"
+                f"`eqx.filter_grad(loss)(model)`. Details: {detail}"
             ) from None
     return flat, treedef, flat_g
 

@@ -10,12 +10,14 @@ import jax.numpy as jnp
 from ._tree import AbstractWrapper, PyTree, is_wrapper, path_str, prunable_paths
 
 
-def check_masks(model: PyTree, masks: Mapping[str, Any]) -> dict[str, Any]:
+def check_masks(model: PyTree, masks: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """`{path: leaf}` of the masked leaves of `model`, after checking that `masks` fits it.
 
-    Raises a `ValueError` naming the path if a mask names no leaf of the model, is not a bool
-    array, or has a shape other than its leaf's.
+    Raises a `ValueError` naming the path (from the root: `prefix` is the path of the `Sparse`'s
+    model) if a mask names no leaf of the model, is not a bool array, or has a shape other than
+    its leaf's.
     """
+    where = f" (in the Sparse at `{prefix}`)" if prefix else ""
     if not isinstance(masks, Mapping):
         raise TypeError(f"masks must be a dict from leaf path to bool array, got {type(masks).__name__}.")
     flat, _ = jax.tree_util.tree_flatten_with_path(model)
@@ -25,22 +27,22 @@ def check_masks(model: PyTree, masks: Mapping[str, Any]) -> dict[str, Any]:
         if path not in leaves:
             near = [p for p in leaves if p.endswith(path.split(".")[-1])][:5]
             raise ValueError(
-                f"masks has an entry `{path}`, which is no leaf of the model (leaves like it: {near}). "
+                f"masks has an entry `{path}`{where}, which is no leaf of the model (leaves like it: {near}). "
                 "Mask keys are leaf paths relative to the wrapped model, e.g. 'layers[0].weight'."
             )
         leaf = leaves[path]
         if not (hasattr(mask, "dtype") and hasattr(mask, "shape")):
-            raise ValueError(f"Mask of `{path}` is {type(mask).__name__}, not an array; masks are bool arrays.")
+            raise ValueError(f"Mask of `{path}`{where} is {type(mask).__name__}, not an array; masks are bool arrays.")
         if mask.dtype != jnp.bool_:
             raise ValueError(
-                f"Mask of `{path}` has dtype {mask.dtype}; masks must be bool (use `mask.astype(bool)`). "
+                f"Mask of `{path}`{where} has dtype {mask.dtype}; masks must be bool (use `mask.astype(bool)`). "
                 "Float masks would be trained and decayed by the optimizer."
             )
         if not eqx.is_inexact_array(leaf):
-            raise ValueError(f"`{path}` has a mask but is not a floating array; remove its entry from masks.")
+            raise ValueError(f"`{path}`{where} has a mask but is not a floating array; remove its entry from masks.")
         if mask.shape != leaf.shape:
             raise ValueError(
-                f"Mask of `{path}` has shape {tuple(mask.shape)} but the leaf has shape {tuple(leaf.shape)}; "
+                f"Mask of `{path}`{where} has shape {tuple(mask.shape)} but the leaf has shape {tuple(leaf.shape)}; "
                 "after changing a leaf's shape, replace its mask too (e.g. `jnp.ones(new_shape, bool)`)."
             )
         out[path] = leaf

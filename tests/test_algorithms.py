@@ -72,16 +72,39 @@ def test_erk_distribution_and_custom_map():
 
 def test_global_magnitude_one_ranking_with_normalisation():
     model = bx.Sparse(mlp())
-    s = bx.GlobalMagnitudePruning(sparsity=0.9).prune(model)
+    s = bx.GlobalMagnitudePruning(sparsity=0.9, normalize=True, floor=0.0).prune(model)
     assert float(bx.sparsity_summary(s)["total"]) == pytest.approx(0.9, abs=1e-3)
     ws = [layer.weight for layer in mlp().layers]
     normed = [jnp.abs(w) / (jnp.linalg.norm(w) + 1e-8) for w in ws]
     expected = bx.global_topk_masks(normed, 0.9)
     for got, exp in zip(weights(s)[1], expected):
         np.testing.assert_array_equal(got, exp)
-    raw = bx.GlobalMagnitudePruning(sparsity=0.9, normalize=False).prune(model)
+    raw = bx.GlobalMagnitudePruning(sparsity=0.9, floor=0.0).prune(model)  # raw |w| is the default
     for got, exp in zip(weights(raw)[1], bx.global_topk_masks([jnp.abs(w) for w in ws], 0.9)):
         np.testing.assert_array_equal(got, exp)
+
+
+@pytest.mark.parametrize("floor", [0.1, 0.5, 1.0])
+def test_global_floors_hold_exactly(floor):
+    # leaf 2 holds the 4x larger weights: a plain global ranking keeps only it
+    model = bx.Sparse(mlp())
+    big = eqx.tree_at(lambda m: m.model.layers[2].weight, model, model.model.layers[2].weight * 100)
+    s = 0.9
+    plain = bx.GlobalMagnitudePruning(sparsity=s, floor=0.0).prune(big)
+    assert float(bx.sparsity_summary(plain)["layers[1].weight"]) > 0.95
+    pruned = bx.GlobalMagnitudePruning(sparsity=s, floor=floor).prune(big)
+    masks = pruned.masks
+    total = sum(m.size for m in masks.values())
+    assert sum(int(m.sum()) for m in masks.values()) == round(total * (1 - s))  # the budget is exact
+    for path, m in masks.items():
+        w = big.model.layers[int(path[7])].weight
+        need = max(1, round(m.size * floor * (1 - s)))
+        assert int(m.sum()) >= need, path
+        top = bx.topk_mask(jnp.abs(w), 1 - need / m.size)  # the floor is the leaf's best weights
+        assert bool(jnp.all(m | ~top)), path
+    if floor == 1.0:  # floors of a full uniform share leave nothing to rank globally
+        for path, m in masks.items():
+            assert int(m.sum()) == round(m.size * (1 - s))
     # A global ranking is of single weights: structured sparsity types are rejected.
     with pytest.raises(ValueError, match="distribution='global' .* needs unstructured sparsity"):
         bx.GlobalMagnitudePruning(sparsity=0.5, sparsity_type="channel")
