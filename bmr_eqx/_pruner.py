@@ -272,7 +272,17 @@ class Pruner(eqx.Module):
                 raise TypeError("Prune a Posterior of a Sparse model: `Posterior(Sparse(model), ess=...)`.")
             model = Sparse(model)
             grads = None if grads is None else Sparse(grads, masks={})
+        if "hess" in self.score.requires:
+            self._warn_if_blind(model)
         return _prune_jit(self, model, grads, key)
+
+    def _warn_if_blind(self, model: PyTree) -> None:
+        from ._curvature import warn_if_blind
+
+        found = [(s.posterior, [join_path(s.hess_prefix, k) for k in s.sparse.masks if join_path(s.prefix, k) not in
+                                self.keep_dense]) for s in find_sites(model) if s.posterior is not None]
+        if found and not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves([p for p, _ in found])):
+            warn_if_blind(found)
 
     def _prune(self, model: PyTree, grads: PyTree, key: PRNGKeyArray | None) -> PyTree:
         _, entries = self._entries(model, grads, key)
