@@ -38,3 +38,15 @@ def test_teacher_student_reports_recovery():
     for row in out.values():
         assert 0.0 <= row["precision"] <= 1.0 and 0.0 <= row["recall"] <= 1.0
     assert out["magnitude @ true sparsity"]["sparsity"] == pytest.approx(0.76, abs=0.05)
+
+
+def test_bmr_oneshot_study_runs():
+    pytest.importorskip("sklearn")
+    import bmr_oneshot_study
+
+    results, corr = bmr_oneshot_study.main(["--steps", "60", "--seeds", "1", "--sparsities", "0.9", "--probes", "2"])
+    names = {name for name, _ in results}
+    assert {"dense", "magnitude", "BMR", "BMR refreshed", "global BMR refreshed floor"} <= names
+    assert all(0.0 <= r["accuracy"] <= 1.0 for runs in results.values() for r in runs)
+    assert set(corr) == {"ivon", "refreshed"}
+    assert all(-1.0 <= v <= 1.0 for rows in corr.values() for row in rows for v in row.values())
