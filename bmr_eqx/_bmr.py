@@ -164,17 +164,21 @@ def spike_and_slab_mask(delta_f: Float[ArrayLike, "*shape"], num_iters: int = 20
     return delta_f <= spike_and_slab_threshold(delta_f, num_iters)
 
 
-def posterior_delta_f(posterior: Posterior) -> dict[str, Array]:
-    """Spike ΔF of every trainable weight of `posterior`, keyed by path like `posterior.hess`, from
-    the data curvature `posterior.data_hess()` (as the BMR pruners score).
+def posterior_delta_f(posterior: Posterior, curvature: str = "posterior") -> dict[str, Array]:
+    """Spike ΔF of every trainable weight of `posterior`, keyed by path like `posterior.hess`, at the
+    posterior's curvature (`curvature="posterior"`, as the BMR pruners score by default) or at the
+    data curvature `posterior.data_hess()` (`"data"`).
 
     **Arguments:**
 
     - `posterior`: a `Posterior`.
+    - `curvature`: `"posterior"` or `"data"`.
 
     **Returns:** a dict from path to an array of ΔF, shaped like the weight.
     """
-    hess = posterior.data_hess()
+    if curvature not in ("posterior", "data"):
+        raise ValueError(f"curvature must be 'posterior' or 'data', got {curvature!r}.")
+    hess = posterior.hess if curvature == "posterior" else posterior.data_hess()
     return {
         p.path: delta_f_spike(p.leaf, hess[p.path], posterior.ess, posterior.weight_decay)
         for p in trainable_params(posterior.mean)

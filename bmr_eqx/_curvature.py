@@ -163,11 +163,12 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 BLIND_SPREAD = 0.05
 
 
-def warn_if_blind(posteriors: Iterable[tuple[Posterior, list[str]]]) -> None:
-    """Warn when the data curvature of the leaves to prune is (nearly) the same for every weight."""
+def warn_if_blind(posteriors: Iterable[tuple[Posterior, list[str]]], curvature: str = "posterior") -> None:
+    """Warn when the curvature (`"posterior"` or `"data"`) of the leaves to prune is (nearly) the
+    same for every weight."""
     blind = []
     for post, paths in posteriors:
-        data = post.data_hess()
+        data = post.hess if curvature == "posterior" else post.data_hess()
         for path in paths:
             d = np.asarray(data[path], np.float64).ravel()
             p5, p50, p95 = np.percentile(d, [5, 50, 95])

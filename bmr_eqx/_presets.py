@@ -167,7 +167,7 @@ def GlobalSaliencyPruning(
 
 def BMRPruning(
     *, sparsity: Any = None, distribution: Distribution = "uniform", sparsity_type: SparsityType = "unstructured",
-    schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = True, keep_dense: Any = (),
+    schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = True, keep_dense: Any = (), curvature: str = "posterior",
 ) -> Pruner:
     """Bayesian model reduction with a target: per leaf, keep the weights whose removal costs the most
     evidence (rank by −ΔF of the spike reduced prior). With `sparsity_type="channel"`, whole
@@ -183,14 +183,17 @@ def BMRPruning(
     - `monotone`: pruned weights never come back (default True).
     - `keep_dense`: leaf paths left dense.
 
+    - `curvature`: the curvature ΔF reads: `"posterior"` (default, IVON's h as trained) or
+      `"data"` (h with the initial value removed, `Posterior.data_hess`).
+
     **Returns:** a `Pruner`.
     """
-    return _topk(Evidence(), sparsity, distribution, sparsity_type, schedule, monotone, keep_dense)
+    return _topk(Evidence(curvature), sparsity, distribution, sparsity_type, schedule, monotone, keep_dense)
 
 
 def GlobalBMRPruning(
     *, sparsity: Any = None, distribution: Distribution = "global", sparsity_type: SparsityType = "unstructured",
-    schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = True, keep_dense: Any = (), floor: float | None = None,
+    schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = True, keep_dense: Any = (), floor: float | None = None, curvature: str = "posterior",
 ) -> Pruner:
     """Bayesian model reduction with one ranking of raw ΔF across all leaves (ΔF is in nats in every
     layer, so no normalisation). Needs a `Posterior`; monotone by default. `BayesianGlobalPruning` is
@@ -209,14 +212,17 @@ def GlobalBMRPruning(
     - `floor`: every leaf keeps at least this fraction of its uniform share (default
       `GLOBAL_FLOOR` = 0.1 with `"global"`; see `TopK`).
 
+    - `curvature`: the curvature ΔF reads: `"posterior"` (default, IVON's h as trained) or
+      `"data"` (h with the initial value removed, `Posterior.data_hess`).
+
     **Returns:** a `Pruner`.
     """
-    return _topk(Evidence(), sparsity, distribution, sparsity_type, schedule, monotone, keep_dense, floor=floor)
+    return _topk(Evidence(curvature), sparsity, distribution, sparsity_type, schedule, monotone, keep_dense, floor=floor)
 
 
 def SteBMRPruning(
     *, sparsity: Any = None, distribution: Distribution = "uniform", sparsity_type: SparsityType = "unstructured",
-    schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = False, keep_dense: Any = (),
+    schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = False, keep_dense: Any = (), curvature: str = "posterior",
 ) -> Pruner:
     """BMR with straight-through masks: pruned weights keep receiving gradients and may come back when
     their ΔF drops. Needs `Posterior(Sparse(model, straight_through=True), ...)`; recompute the masks
@@ -232,14 +238,17 @@ def SteBMRPruning(
     - `monotone`: pruned weights never come back (default False, so that they can).
     - `keep_dense`: leaf paths left dense.
 
+    - `curvature`: the curvature ΔF reads: `"posterior"` (default, IVON's h as trained) or
+      `"data"` (h with the initial value removed, `Posterior.data_hess`).
+
     **Returns:** a `Pruner`.
     """
-    return _topk(Evidence(), sparsity, distribution, sparsity_type, schedule, monotone, keep_dense, straight_through=True)
+    return _topk(Evidence(curvature), sparsity, distribution, sparsity_type, schedule, monotone, keep_dense, straight_through=True)
 
 
 def UncertaintyMagnitudePruning(
     *, sparsity: Any = None, distribution: Distribution = "uniform", sparsity_type: SparsityType = "unstructured",
-    schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = False, keep_dense: Any = (),
+    schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = False, keep_dense: Any = (), curvature: str = "posterior",
 ) -> Pruner:
     """Prune by signal-to-noise |μ|/σ: small and uncertain weights go first. Needs a `Posterior`.
 
@@ -253,14 +262,17 @@ def UncertaintyMagnitudePruning(
     - `monotone`: pruned weights never come back (default False).
     - `keep_dense`: leaf paths left dense.
 
+    - `curvature`: the curvature ΔF reads: `"posterior"` (default, IVON's h as trained) or
+      `"data"` (h with the initial value removed, `Posterior.data_hess`).
+
     **Returns:** a `Pruner`.
     """
-    return _topk(SignalToNoise(), sparsity, distribution, sparsity_type, schedule, monotone, keep_dense)
+    return _topk(SignalToNoise(curvature), sparsity, distribution, sparsity_type, schedule, monotone, keep_dense)
 
 
 def PosteriorVariancePruning(
     *, sparsity: Any = None, distribution: Distribution = "uniform", sparsity_type: SparsityType = "unstructured",
-    schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = False, keep_dense: Any = (),
+    schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = False, keep_dense: Any = (), curvature: str = "posterior",
 ) -> Pruner:
     """Prune the weights the data informed least first: those whose posterior precision stayed nearest
     the prior's (largest posterior variance). Needs a `Posterior`.
@@ -275,14 +287,17 @@ def PosteriorVariancePruning(
     - `monotone`: pruned weights never come back (default False).
     - `keep_dense`: leaf paths left dense.
 
+    - `curvature`: the curvature ΔF reads: `"posterior"` (default, IVON's h as trained) or
+      `"data"` (h with the initial value removed, `Posterior.data_hess`).
+
     **Returns:** a `Pruner`.
     """
-    return _topk(PosteriorPrecision(), sparsity, distribution, sparsity_type, schedule, monotone, keep_dense)
+    return _topk(PosteriorPrecision(curvature), sparsity, distribution, sparsity_type, schedule, monotone, keep_dense)
 
 
 def AdaptiveBMR(
     threshold: float = 0.0, method: str = "threshold", *, sparsity_type: AbstractStructure | str = "unstructured",
-    schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = True, keep_dense: Any = (),
+    schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = True, keep_dense: Any = (), curvature: str = "posterior",
 ) -> Pruner:
     """Bayesian model reduction without a target: the evidence decides the sparsity.
 
@@ -302,6 +317,9 @@ def AdaptiveBMR(
     - `monotone`: pruned weights never come back (default True).
     - `keep_dense`: leaf paths left dense.
 
+    - `curvature`: the curvature ΔF reads: `"posterior"` (default, IVON's h as trained) or
+      `"data"` (h with the initial value removed, `Posterior.data_hess`).
+
     **Returns:** a `Pruner`.
     """
     if method not in ("threshold", "spike_and_slab"):
@@ -312,7 +330,7 @@ def AdaptiveBMR(
     if isinstance(structure, Block) and structure.pool != "sum":  # group ΔF is the sum over the block
         structure = Block(structure.shape, "sum")
     rule = Threshold(-float(threshold)) if method == "threshold" else SpikeAndSlab()
-    return Pruner(Evidence(), rule, structure, schedule, monotone, keep_dense)
+    return Pruner(Evidence(curvature), rule, structure, schedule, monotone, keep_dense)
 
 
 BayesianGlobalPruning = GlobalBMRPruning

@@ -37,12 +37,12 @@ class _Entry(NamedTuple):
 
     def scored_leaf(self) -> Leaf:
         """The leaf as scores see it (computed inside the update's lax.cond): pruned entries at 0
-        (unless straight-through) and the data curvature (the initial value removed)."""
+        (unless straight-through), and the data curvature (the initial value removed) beside h."""
         leaf = self.leaf
         if not self.straight_through:
             leaf = leaf._replace(weight=jnp.where(leaf.mask, leaf.weight, jnp.zeros((), leaf.weight.dtype)))
-        if self.posterior is not None:
-            leaf = leaf._replace(hess=data_curvature(leaf.hess, self.posterior.init_weight, self.posterior.hess_init))
+        if self.posterior is not None:  # unused by a score, XLA drops it
+            leaf = leaf._replace(data_hess=data_curvature(leaf.hess, self.posterior.init_weight, self.posterior.hess_init))
         return leaf
 
 
@@ -282,7 +282,7 @@ class Pruner(eqx.Module):
         found = [(s.posterior, [join_path(s.hess_prefix, k) for k in s.sparse.masks if join_path(s.prefix, k) not in
                                 self.keep_dense]) for s in find_sites(model) if s.posterior is not None]
         if found and not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves([p for p, _ in found])):
-            warn_if_blind(found)
+            warn_if_blind(found, getattr(self.score, "curvature", "posterior"))
 
     def _prune(self, model: PyTree, grads: PyTree, key: PRNGKeyArray | None) -> PyTree:
         _, entries = self._entries(model, grads, key)

@@ -21,9 +21,10 @@ class Leaf(NamedTuple):
     - `mask`: its current mask;
     - `grad`: its gradient (None unless `grads=` was given);
     - `key`: a PRNG key for this leaf (None unless `key=` was given);
-    - `hess`, `ess`, `weight_decay`: the posterior's data curvature (`Posterior.data_hess`: IVON's
-      curvature with the initial value `hess_init` removed) and prior (None unless the leaf is in a
-      `Posterior`).
+    - `hess`, `ess`, `weight_decay`: the posterior's curvature and prior (None unless the leaf is in
+      a `Posterior`);
+    - `data_hess`: the curvature with the initial value `hess_init` removed
+      (`Posterior.data_hess`; None unless the leaf is in a `Posterior`).
     """
 
     path: str
@@ -34,6 +35,7 @@ class Leaf(NamedTuple):
     hess: Array | None = None
     ess: float | None = None
     weight_decay: float | None = None
+    data_hess: Array | None = None
 
 
 class AbstractScore(eqx.Module):
@@ -76,33 +78,56 @@ class Random(AbstractScore):
         return jax.random.uniform(leaf.key, leaf.weight.shape)
 
 
-class Evidence(AbstractScore):
+CURVATURES = ("posterior", "data")
+
+
+class _PosteriorScore(AbstractScore):
+    """A score that reads the posterior's curvature: `curvature="posterior"` (IVON's h as trained)
+    or `"data"` (`Posterior.data_hess()`, h with the initial value removed)."""
+
+    curvature: str = "posterior"
+    requires: ClassVar[tuple[str, ...]] = ("hess",)
+
+    def __check_init__(self):
+        if self.curvature not in CURVATURES:
+            raise ValueError(f"curvature must be one of {CURVATURES}, got {self.curvature!r}.")
+
+    def _h(self, leaf: Leaf) -> Array:
+        return leaf.hess if self.curvature == "posterior" else leaf.data_hess
+
+
+class Evidence(_PosteriorScore):
     """−ΔF of switching each weight off (the spike reduced prior; see the docs' BMR page): high =
-    the evidence wants the weight kept. Needs a `Posterior`."""
+    the evidence wants the weight kept. Needs a `Posterior`.
 
-    requires: ClassVar[tuple[str, ...]] = ("hess",)
-
-    def __call__(self, leaf: Leaf) -> Array:
-        return -delta_f_spike(leaf.weight, leaf.hess, leaf.ess, leaf.weight_decay)
-
-
-class SignalToNoise(AbstractScore):
-    """|μ|/σ with σ = 1/sqrt(λ(h + δ)). Needs a `Posterior`."""
-
-    requires: ClassVar[tuple[str, ...]] = ("hess",)
+    **Arguments:** `curvature`: `"posterior"` (default: IVON's h, the posterior as trained) or
+    `"data"` (h with the initial value removed; see the docs' Bayesian pruners page for what each
+    gives).
+    """
 
     def __call__(self, leaf: Leaf) -> Array:
-        return jnp.abs(leaf.weight) * jnp.sqrt(leaf.ess * (leaf.hess + leaf.weight_decay))
+        return -delta_f_spike(leaf.weight, self._h(leaf), leaf.ess, leaf.weight_decay)
 
 
-class PosteriorPrecision(AbstractScore):
+class SignalToNoise(_PosteriorScore):
+    """|μ|/σ with σ = 1/sqrt(λ(h + δ)). Needs a `Posterior`.
+
+    **Arguments:** `curvature`: as for `Evidence`.
+    """
+
+    def __call__(self, leaf: Leaf) -> Array:
+        return jnp.abs(leaf.weight) * jnp.sqrt(leaf.ess * (self._h(leaf) + leaf.weight_decay))
+
+
+class PosteriorPrecision(_PosteriorScore):
     """The curvature h: the weights the data informed least (posterior precision λ(h + δ) nearest
-    the prior's λδ, the largest posterior variance) go first. Needs a `Posterior`."""
+    the prior's λδ, the largest posterior variance) go first. Needs a `Posterior`.
 
-    requires: ClassVar[tuple[str, ...]] = ("hess",)
+    **Arguments:** `curvature`: as for `Evidence`.
+    """
 
     def __call__(self, leaf: Leaf) -> Array:
-        return leaf.hess
+        return self._h(leaf)
 
 
 class Normalized(AbstractScore):

@@ -139,10 +139,12 @@ def test_posterior_delta_f_covers_every_trainable_weight():
     # a curvature with a quarter of hess_init left in it: ΔF uses the data part (h - w·h0)/(1 - w)
     post = eqx.tree_at(lambda p: (p.hess["layers[0].weight"], p.init_weight), post,
                        (jnp.linspace(0.6, 3.0, 12).reshape(4, 3), jnp.asarray(0.25)))
-    df = bx.posterior_delta_f(post)
+    df = bx.posterior_delta_f(post, curvature="data")
     w, h = post.mean.model.layers[0].weight, post.hess["layers[0].weight"]
     np.testing.assert_allclose(df["layers[0].weight"], bx.delta_f_spike(w, (h - 0.25 * 2.0) / 0.75, 100.0, 0.1), rtol=1e-6)
     np.testing.assert_allclose(df["layers[1].bias"], bx.delta_f_spike(post.mean.model.layers[1].bias, 2.0, 100.0, 0.1), rtol=1e-6)
+    np.testing.assert_allclose(bx.posterior_delta_f(post)["layers[0].weight"], bx.delta_f_spike(w, h, 100.0, 0.1), rtol=1e-6)
+    df = bx.posterior_delta_f(post)
     # One entry per trainable weight (biases included), keyed like hess; the masks get none.
     assert set(df) == set(post.hess) == {"layers[0].weight", "layers[0].bias", "layers[1].weight", "layers[1].bias"}
     assert len(jax.tree.leaves(df)) == 4

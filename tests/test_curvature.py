@@ -47,7 +47,12 @@ def test_given_curvature_is_data_and_bmr_scores_use_the_data_part():
     np.testing.assert_array_equal(given.data_hess()["layers[0].weight"], h["layers[0].weight"])
     # half of h is still hess_init: the pruner scores ΔF at the data curvature 2h − 1
     half = eqx.tree_at(lambda p: p.init_weight, given, jnp.asarray(0.5))
-    pruned = bx.BMRPruning(sparsity=0.5).prune(half)
+    pruned = bx.BMRPruning(sparsity=0.5, curvature="data").prune(half)
+    as_trained = bx.BMRPruning(sparsity=0.5).prune(half)  # the default reads h itself
+    np.testing.assert_array_equal(
+        as_trained.mean.masks["layers[0].weight"],
+        bx.topk_mask(-bx.delta_f_spike(post.mean.model.layers[0].weight, h["layers[0].weight"], 50.0, 1e-2), 0.5),
+    )
     w, hw = post.mean.model.layers[0].weight, h["layers[0].weight"]
     expect = bx.topk_mask(-bx.delta_f_spike(w, 2 * hw - 1.0, 50.0, 1e-2), 0.5)
     np.testing.assert_array_equal(pruned.mean.masks["layers[0].weight"], expect)
