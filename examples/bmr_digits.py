@@ -35,15 +35,16 @@ import bmr_eqx as bx  # noqa: E402
 HPARAMS = dict(learning_rate=0.2, b2=0.9998, weight_decay=1e-3, hess_init=0.1, batch_size=64, width=256, pred_samples=32)
 
 
-def methods(sparsity: float, steps: int, adaptive_threshold: float = 2.0) -> dict:
+def methods(sparsity: float, steps: int, adaptive_threshold: float = 2.0, curvature: str = "posterior") -> dict:
     gradual = bx.PolynomialSchedule(start=int(0.1 * steps), end=int(0.6 * steps), every=max(1, steps // 40))
     return {
         "dense IVON": bx.NoPruning(),
         "magnitude": bx.MagnitudePruning(sparsity=sparsity, schedule=gradual),
-        "BMR": bx.BMRPruning(sparsity=sparsity, schedule=gradual),
-        "global BMR": bx.GlobalBMRPruning(sparsity=sparsity, schedule=gradual),
+        "BMR": bx.BMRPruning(sparsity=sparsity, schedule=gradual, curvature=curvature),
+        "global BMR": bx.GlobalBMRPruning(sparsity=sparsity, schedule=gradual, curvature=curvature),
         "adaptive BMR": bx.AdaptiveBMR(
-            threshold=adaptive_threshold, schedule=bx.PeriodicSchedule(every=max(1, steps // 40), start=int(0.3 * steps), end=int(0.8 * steps))
+            threshold=adaptive_threshold, curvature=curvature,
+            schedule=bx.PeriodicSchedule(every=max(1, steps // 40), start=int(0.3 * steps), end=int(0.8 * steps)),
         ),
     }
 
@@ -115,6 +116,8 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--adaptive-threshold", type=float, default=2.0, help="T of adaptive BMR (prune iff ΔF > T)")
+    parser.add_argument("--curvature", choices=["posterior", "data"], default="posterior",
+                        help="the curvature the BMR methods read (see the docs' Bayesian pruners page)")
     parser.add_argument("--out", default="outputs")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
@@ -122,7 +125,7 @@ def main(argv=None):
     results = {name: [] for name in methods(args.sparsity, args.steps)}
     histories = {}
     for seed in range(args.seeds):
-        for name, pruner in methods(args.sparsity, args.steps, args.adaptive_threshold).items():
+        for name, pruner in methods(args.sparsity, args.steps, args.adaptive_threshold, args.curvature).items():
             _, history, final = train(pruner, data, steps=args.steps, seed=seed, label=f"{name} seed {seed}")
             results[name].append(final)
             if seed == 0:
