@@ -88,10 +88,14 @@ def main(argv=None):
     true_sparsity = 1 - sum(int(t.sum()) for t in truth) / sum(t.size for t in truth)
     adaptive = bx.AdaptiveBMR(threshold=0.0).prune(post)
     found = float(bx.sparsity_summary(adaptive)["total"])
+    batches = [(x[i:i + 250], y[i:i + 250]) for i in range(0, args.samples, 250)]
+    refreshed = bx.refresh_curvature(post, loss_fn, batches, method="fisher")  # the curvature from the data
     rows = {
         "adaptive BMR (no target)": adaptive,
         "magnitude @ BMR's sparsity": bx.MagnitudePruning(sparsity=found).prune(post),
         "magnitude @ true sparsity": bx.MagnitudePruning(sparsity=true_sparsity).prune(post),
+        "adaptive BMR, refreshed": bx.AdaptiveBMR(threshold=0.0).prune(refreshed),
+        "BMR @ true sparsity, refr.": bx.BMRPruning(sparsity=true_sparsity).prune(refreshed),
     }
     x_test = jax.random.normal(jax.random.key(99), (2000, 20))
     y_test = jax.vmap(teacher)(x_test)[:, 0]

@@ -34,7 +34,8 @@ def test_teacher_student_reports_recovery():
     import teacher_student
 
     out = teacher_student.main(["--steps", "300", "--samples", "500"])
-    assert set(out) == {"adaptive BMR (no target)", "magnitude @ BMR's sparsity", "magnitude @ true sparsity"}
+    assert set(out) == {"adaptive BMR (no target)", "magnitude @ BMR's sparsity", "magnitude @ true sparsity",
+                        "adaptive BMR, refreshed", "BMR @ true sparsity, refr."}
     for row in out.values():
         assert 0.0 <= row["precision"] <= 1.0 and 0.0 <= row["recall"] <= 1.0
     assert out["magnitude @ true sparsity"]["sparsity"] == pytest.approx(0.76, abs=0.05)
