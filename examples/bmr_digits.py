@@ -35,6 +35,32 @@ import bmr_eqx as bx  # noqa: E402
 HPARAMS = dict(learning_rate=0.2, b2=0.9998, weight_decay=1e-3, hess_init=0.1, batch_size=64, width=256, pred_samples=32)
 
 
+class DigitsCNN(eqx.Module):
+    """Conv(1→16, 3x3) → relu → Conv(16→32, 3x3) → relu → mean-pool → Linear(32→10), on 8x8 digits
+    given flat (64,) like the MLP's input."""
+
+    conv1: eqx.nn.Conv2d
+    conv2: eqx.nn.Conv2d
+    head: eqx.nn.Linear
+
+    def __init__(self, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.conv1 = eqx.nn.Conv2d(1, 16, 3, padding=1, key=k1)
+        self.conv2 = eqx.nn.Conv2d(16, 32, 3, padding=1, key=k2)
+        self.head = eqx.nn.Linear(32, 10, key=k3)
+
+    def __call__(self, x):
+        h = jax.nn.relu(self.conv2(jax.nn.relu(self.conv1(x.reshape(1, 8, 8)))))
+        return self.head(jnp.mean(h, axis=(1, 2)))
+
+
+def make_model(arch, key, hp=HPARAMS):
+    """The digits classifier: `"mlp"` (64-256-256-10, relu) or `"cnn"` (`DigitsCNN`)."""
+    if arch == "cnn":
+        return DigitsCNN(key)
+    return eqx.nn.MLP(64, 10, hp["width"], 2, activation=jax.nn.relu, key=key)
+
+
 def methods(sparsity: float, steps: int, adaptive_threshold: float = 2.0, curvature: str = "posterior") -> dict:
     gradual = bx.PolynomialSchedule(start=int(0.1 * steps), end=int(0.6 * steps), every=max(1, steps // 40))
     return {
@@ -49,12 +75,12 @@ def methods(sparsity: float, steps: int, adaptive_threshold: float = 2.0, curvat
     }
 
 
-def train(pruner, data, *, steps, seed, hp=HPARAMS, label=""):
-    """Train `Posterior(Sparse(MLP))` with IVON and `pruner`; returns the posterior and its history."""
+def train(pruner, data, *, steps, seed, hp=HPARAMS, label="", arch="mlp"):
+    """Train `Posterior(Sparse(model))` with IVON and `pruner`; returns the posterior and its history."""
     x_tr, y_tr, x_te, y_te = data
     key_model, key_run = jax.random.split(jax.random.key(seed))
-    mlp = eqx.nn.MLP(64, 10, hp["width"], 2, activation=jax.nn.relu, key=key_model)
-    post = bx.Posterior(bx.Sparse(mlp), ess=x_tr.shape[0], weight_decay=hp["weight_decay"], hess_init=hp["hess_init"])
+    model = make_model(arch, key_model, hp)
+    post = bx.Posterior(bx.Sparse(model), ess=x_tr.shape[0], weight_decay=hp["weight_decay"], hess_init=hp["hess_init"])
     opt = bx.ivon(optax.cosine_decay_schedule(hp["learning_rate"], steps), b2=hp["b2"])
     state = opt.init(post)
 

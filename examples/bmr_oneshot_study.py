@@ -8,7 +8,7 @@ initial value removed) and with a curvature refreshed from the training data
 std over seeds), the paired accuracy difference to magnitude pruning at the same sparsity, and the
 rank correlation of −ΔF with |μ| per layer.
 
-    python examples/bmr_oneshot_study.py [--steps 2000] [--seeds 3] [--sparsities 0.95 0.98 0.99]
+    python examples/bmr_oneshot_study.py [--steps 2000] [--seeds 3] [--sparsities 0.95 0.98 0.99] [--arch cnn]
 """
 
 import argparse
@@ -71,6 +71,7 @@ def main(argv=None):
     parser.add_argument("--sparsities", type=float, nargs="*", default=[0.95, 0.98, 0.99])
     parser.add_argument("--probes", type=int, default=8, help="Hutchinson probes per batch for the refresh")
     parser.add_argument("--refresh", choices=["hessian", "fisher"], default="fisher", help="refresh_curvature's method")
+    parser.add_argument("--arch", choices=["mlp", "cnn"], default="mlp", help="the digits classifier")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="The posterior's curvature")  # the report below shows it
     t0 = time.perf_counter()
@@ -80,7 +81,8 @@ def main(argv=None):
     results = {}  # (method, sparsity) -> list of metric dicts (one per seed)
     corr = {"ivon": [], "refreshed": []}
     for seed in range(args.seeds):
-        post, _, dense = bmr_digits.train(bx.NoPruning(), data, steps=args.steps, seed=seed, label=f"IVON seed {seed}")
+        post, _, dense = bmr_digits.train(bx.NoPruning(), data, steps=args.steps, seed=seed, label=f"IVON seed {seed}",
+                                          arch=args.arch)
         batches = [(x_tr[i:i + 256], y_tr[i:i + 256]) for i in range(0, x_tr.shape[0], 256)]
         refreshed = bx.refresh_curvature(post, loss_fn, batches, method=args.refresh, num_probes=args.probes,
                                          key=jax.random.key(seed))
