@@ -13,7 +13,7 @@ from ._schedules import AbstractSchedule, OneShotSchedule
 from ._scores import AbstractScore, Leaf
 from ._selection import AbstractSelection, AbstractStructure, Channel, Unit, Unstructured
 from ._sites import Site, find_sites, join_path, no_sparse_error, replace_sites
-from ._sparse import Sparse, check_masks
+from ._sparse import Sparse, apply_masks, check_masks
 from ._tree import PyTree, path_str
 
 
@@ -204,14 +204,7 @@ class Pruner(eqx.Module):
             if new is None:
                 return sparse
             masks_i = {**sparse.masks, **new}
-            inner = sparse.model
-            if zero_weights:
-                flat, treedef = jax.tree_util.tree_flatten_with_path(inner)
-                leaves = []
-                for p, w in flat:
-                    m = new.get(path_str(p))
-                    leaves.append(w if m is None else jnp.where(m, w, jnp.zeros((), w.dtype)))
-                inner = treedef.unflatten(leaves)
+            inner = apply_masks(sparse.model, new) if zero_weights else sparse.model
             return eqx.tree_at(lambda s: (s.model, s.masks), sparse, (inner, masks_i))
 
         return replace_sites(model, rebuild)

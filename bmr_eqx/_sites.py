@@ -1,6 +1,7 @@
 """Find every `Sparse` in a user's pytree (inside `Posterior`s or any other module), and put
 changed ones back."""
 
+import itertools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -73,7 +74,7 @@ def find_sites(tree: PyTree, grads: PyTree = None) -> list[Site]:
 
 def replace_sites(tree: PyTree, fn: Callable[[int, Sparse], Sparse]) -> PyTree:
     """`tree` with its i-th `Sparse` (in `find_sites` order) replaced by `fn(i, sparse)`."""
-    count = iter(range(10**9))
+    count = itertools.count()
 
     def swap(node: Any) -> Any:
         if isinstance(node, Sparse):
