@@ -5,8 +5,8 @@ sparsity, with magnitude and BMR rankings, per layer and global, with IVON's own
 initial value removed) and with a curvature refreshed from the training data
 (`bmr_eqx.refresh_curvature`). Every pruned mean is evaluated with the same predictive posterior
 (IVON's σ), so only the choice of the kept weights differs. Prints accuracy, NLL and ECE (mean ±
-std over seeds), the paired accuracy difference to magnitude pruning at the same sparsity, and the
-rank correlation of −ΔF with |μ| per layer.
+std over seeds), each one's paired (same seed) difference to magnitude pruning at the same sparsity
+(global BMR: to global raw |μ|), and the rank correlation of −ΔF with |μ| per layer.
 
     python examples/bmr_oneshot_study.py [--steps 2000] [--seeds 3] [--sparsities 0.95 0.98 0.99] [--arch cnn]
 """
@@ -77,7 +77,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     data = load_digits_split(seed=0)
     x_tr, y_tr, x_te, y_te = data
-    samples = bmr_digits.HPARAMS["pred_samples"]
+    samples = bmr_digits.HPARAMS[args.arch]["pred_samples"]
     results = {}  # (method, sparsity) -> list of metric dicts (one per seed)
     corr = {"ivon": [], "refreshed": []}
     for seed in range(args.seeds):
@@ -90,7 +90,7 @@ def main(argv=None):
         for name, source in sources.items():
             report = bx.curvature_report(source)
             corr[name].append({p: r["rank_corr_magnitude"] for p, r in report.items()})
-        results.setdefault(("dense", 0.0), []).append(dense)
+        results.setdefault(("dense", None), []).append(dense)
         runs = [(s, n, p, c) for s in args.sparsities for n, (p, c) in pruners(s).items()]
         runs += [(None, n, p, c) for n, (p, c) in ADAPTIVE.items()]
         for sparsity, name, pruner, curvature in tqdm(runs, desc=f"seed {seed}", leave=False):
@@ -103,17 +103,7 @@ def main(argv=None):
     print(f"\nrank correlation of −ΔF with |μ| (mean over {args.seeds} seeds)")
     for name, rows in corr.items():
         print(f"  {name:<10} " + "  ".join(f"{p} {np.mean([r[p] for r in rows]):.3f}" for p in rows[0]))
-    print(f"\n{'method':<28}{'sparsity':>9}{'accuracy':>18}{'Δacc vs magnitude':>22}{'NLL':>16}{'ECE':>16}")
-    for (name, sparsity), runs in results.items():
-        acc = np.array([r["accuracy"] for r in runs])
-        base = results.get(("magnitude", sparsity))
-        diff = "" if base is None or name == "magnitude" else (
-            f"{np.mean(acc - [r['accuracy'] for r in base]):+.4f} ± {np.std(acc - [r['accuracy'] for r in base]):.3f}")
-        nll = np.array([r["nll"] for r in runs])
-        ece = np.array([r["ece"] for r in runs])
-        reached = np.mean([r.get("sparsity", 0.0) for r in runs])
-        print(f"{name:<28}{reached:>9.3f}{acc.mean():>11.4f} ± {acc.std():.3f}{diff:>22}"
-              f"{nll.mean():>9.3f} ± {nll.std():.3f}{ece.mean():>9.3f} ± {ece.std():.3f}")
+    bmr_digits.report(results, args.seeds)
     print(f"time: {time.perf_counter() - t0:.1f} s")
     return results, corr
 

@@ -16,18 +16,26 @@ def test_train_digits_runs_and_prunes(tmp_path):
     assert result["dense"] > 0.8 and result["pruned"] > 0.6
 
 
-def test_bmr_digits_runs_all_methods(tmp_path):
+@pytest.mark.parametrize("arch, targets", [("mlp", (0.9, 0.95)), ("cnn", (0.95,))])
+def test_bmr_digits_runs_all_methods(tmp_path, arch, targets):
     pytest.importorskip("sklearn")
     import bmr_digits
 
-    summary = bmr_digits.main(["--steps", "120", "--seeds", "1", "--out", str(tmp_path)])
-    assert (tmp_path / "bmr_digits.png").stat().st_size > 1000
-    assert set(summary) == {"dense IVON", "magnitude", "BMR", "global BMR", "adaptive BMR"}
-    assert summary["dense IVON"]["sparsity"][0] == 0.0
-    for name in ("magnitude", "BMR", "global BMR"):
-        assert summary[name]["sparsity"][0] == pytest.approx(0.9, abs=1e-3)
-    assert all(0.0 <= row["ece"][0] <= 1.0 and 0.0 <= row["accuracy"][0] <= 1.0 for row in summary.values())
-    assert summary["dense IVON"]["accuracy"][0] > 0.5
+    summary = bmr_digits.main(["--steps", "120", "--seeds", "1", "--sparsity", *map(str, targets),
+                               "--arch", arch, "--out", str(tmp_path)])
+    assert (tmp_path / f"bmr_digits{'_cnn' if arch == 'cnn' else ''}.png").stat().st_size > 1000
+    targeted = {"magnitude", "BMR", "global |μ|", "global BMR"}
+    assert set(summary) == {("dense IVON", None), ("adaptive BMR", None)} | {
+        (name, s) for name in targeted for s in targets}
+    assert summary[("dense IVON", None)]["sparsity"][0] == 0.0
+    for (name, target), row in summary.items():
+        assert 0.0 <= row["ece"][0] <= 1.0 and 0.0 <= row["accuracy"][0] <= 1.0
+        if target is not None:
+            assert row["sparsity"][0] == pytest.approx(target, abs=2e-3)
+    # paired differences: against magnitude, global BMR against global |μ|, none for the baselines
+    assert "Δ accuracy" not in summary[("magnitude", 0.95)] and "Δ nll" in summary[("BMR", 0.95)]
+    assert bmr_digits.baseline_of("global BMR") == "global |μ|" and bmr_digits.baseline_of("BMR") == "magnitude"
+    assert summary[("dense IVON", None)]["accuracy"][0] > 0.3  # chance is 0.1; 120 steps of IVON
 
 
 def test_teacher_student_reports_recovery():
