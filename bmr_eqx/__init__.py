@@ -22,11 +22,13 @@ from ._metrics import (
     nll as nll,
     sparsity_summary as sparsity_summary,
 )
-from ._optim import mask_gradients as mask_gradients, masked_updates as masked_updates
+from ._optim import mask_gradients as mask_gradients, masked_updates as masked_updates, reset_regrown as reset_regrown
 from ._posterior import Posterior as Posterior
 from ._presets import (
+    SET as SET,
     AdaptiveBMR as AdaptiveBMR,
     BayesianGlobalPruning as BayesianGlobalPruning,
+    BMRDropAndGrow as BMRDropAndGrow,
     BMRPruning as BMRPruning,
     GlobalBMRPruning as GlobalBMRPruning,
     GlobalMagnitudePruning as GlobalMagnitudePruning,
@@ -35,8 +37,12 @@ from ._presets import (
     NoPruning as NoPruning,
     PosteriorVariancePruning as PosteriorVariancePruning,
     RandomPruning as RandomPruning,
+    RigL as RigL,
     SaliencyPruning as SaliencyPruning,
+    StaticRandomSparse as StaticRandomSparse,
     SteBMRPruning as SteBMRPruning,
+    SteMagnitudePruning as SteMagnitudePruning,
+    SteRandomPruning as SteRandomPruning,
     UncertaintyMagnitudePruning as UncertaintyMagnitudePruning,
 )
 from ._pruner import Pruner as Pruner
@@ -50,6 +56,7 @@ from ._schedules import (
 from ._scores import (
     AbstractScore as AbstractScore,
     Evidence as Evidence,
+    GradientMagnitude as GradientMagnitude,
     Leaf as Leaf,
     Magnitude as Magnitude,
     Normalized as Normalized,
@@ -63,6 +70,7 @@ from ._selection import (
     AbstractStructure as AbstractStructure,
     Block as Block,
     Channel as Channel,
+    DropAndGrow as DropAndGrow,
     NByM as NByM,
     SpikeAndSlab as SpikeAndSlab,
     Threshold as Threshold,
@@ -70,6 +78,7 @@ from ._selection import (
     Unit as Unit,
     Unstructured as Unstructured,
 )
+from ._sites import straight_through as straight_through
 from ._sparse import Sparse as Sparse
 from ._tree import trainable as trainable
 

@@ -73,6 +73,18 @@ def _keep_top_keys_sort(keys: Array, k: Array) -> Array:
     return (keys > thr) | (tied & (jnp.cumsum(tied, dtype=jnp.int32) <= room))
 
 
+def _keep_top_keys(keys: Array, k: Array) -> Array:
+    return jax.lax.platform_dependent(keys, k, cpu=_keep_top_keys_cpu, default=_keep_top_keys_sort)
+
+
+def top_count_mask(scores: Array, k: Int[ArrayLike, ""], among: Bool[Array, "*shape"]) -> Bool[Array, "*shape"]:
+    """Keep the `k` highest `scores` among the entries where `among` is True (ties: lower flat
+    index); `k` may be traced and must not exceed `among`'s count (0 keeps nothing). Entries outside
+    `among` are never kept, whatever their score (NaN and -inf included)."""
+    keys = jnp.where(among.reshape(-1), _order_key(_sanitize(scores).reshape(-1)), jnp.uint32(0))
+    return _keep_top_keys(keys, jnp.asarray(k, jnp.int32)).reshape(among.shape) & among
+
+
 def topk_mask(scores: Float[ArrayLike, "*shape"], sparsity: Sparsity) -> Bool[Array, "*shape"]:
     """Unstructured mask keeping the `max(1, round(n·(1−sparsity)))` highest scores.
 
@@ -90,8 +102,7 @@ def topk_mask(scores: Float[ArrayLike, "*shape"], sparsity: Sparsity) -> Bool[Ar
     scores = _sanitize(scores)
     keys = _order_key(scores.reshape(-1))
     k = jnp.asarray(keep_count(keys.size, sparsity), jnp.int32)
-    keep = jax.lax.platform_dependent(keys, k, cpu=_keep_top_keys_cpu, default=_keep_top_keys_sort)
-    return keep.reshape(scores.shape)
+    return _keep_top_keys(keys, k).reshape(scores.shape)
 
 
 def threshold_mask(scores: Float[ArrayLike, "*shape"], threshold: Float[ArrayLike, ""] | float) -> Bool[Array, "*shape"]:
@@ -111,7 +122,7 @@ def keep_best(mask: Bool[Array, "*shape"], scores: Float[ArrayLike, "*shape"]) -
     return mask | (jnp.arange(flat.size) == jnp.argmax(flat)).reshape(mask.shape)
 
 
-def _rank_along_last(scores: Array) -> Array:
+def rank_along_last(scores: Array) -> Array:
     """0-based descending rank of each entry along the last axis; ties: lower index first."""
     order = jnp.argsort(-scores, axis=-1, stable=True)
     return jnp.argsort(order, axis=-1, stable=True)
@@ -123,7 +134,7 @@ def nm_mask(scores: Float[ArrayLike, "*shape"], n: int, m: int, axis: int = -1) 
     scores = _sanitize(scores)
     moved = jnp.moveaxis(scores, axis, -1)
     groups = moved.reshape(*moved.shape[:-1], moved.shape[-1] // m, m)
-    keep = _rank_along_last(groups) < n
+    keep = rank_along_last(groups) < n
     return jnp.moveaxis(keep.reshape(moved.shape), -1, axis)
 
 

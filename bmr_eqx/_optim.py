@@ -2,6 +2,7 @@
 
 from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
@@ -102,3 +103,82 @@ def masked_updates(
         return new, MaskedUpdatesState(inner, state.count + 1)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _key_str(path: tuple) -> str:
+    return jax.tree_util.keystr(tuple(path))
+
+
+def _owner_type(tree: Any, path: tuple) -> str:
+    """The name of the innermost NamedTuple (an optax state type) on `path` in `tree`."""
+    node, name = tree, type(tree).__name__
+    for k in path:
+        try:
+            if isinstance(k, jax.tree_util.GetAttrKey):
+                node = getattr(node, k.name)
+            elif isinstance(k, jax.tree_util.SequenceKey):
+                node = node[k.idx]
+            elif isinstance(k, jax.tree_util.DictKey):
+                node = node[k.key]
+            else:
+                break
+        except (AttributeError, IndexError, KeyError, TypeError):
+            break
+        if isinstance(node, tuple) and hasattr(node, "_fields"):
+            name = type(node).__name__
+    return name
+
+
+def reset_regrown(opt_state: PyTree, before: PyTree, after: PyTree) -> PyTree:
+    """`opt_state` with the per-parameter moments of the weights regrown between `before` and `after`
+    (mask False, then True) set to 0, so they start afresh as new weights.
+
+    Per-parameter moments are found structurally, in any optax state (adam/adamw's `mu` and `nu`,
+    sgd's momentum `trace`, lion, chains, `inject_hyperparams`, `MultiSteps`' accumulated gradients,
+    `multi_transform`, `masked_updates`, IVON's momentum): a floating array whose key path ends with
+    a parameter's path (the path in `bmr_eqx.trainable(model)`, or its plain path) and that has the
+    parameter's shape. Scalars (step counts, hyper-parameters) are left alone. A non-scalar floating
+    array that is no parameter's moment (e.g. adafactor's factored moments) raises a `ValueError`
+    naming the state type, since its regrown entries could not be reset.
+
+    Call it after every mask update of a drop-and-grow pruner (it costs one `where` per moment);
+    `before` and `after` must be the same model before and after `pruner.update`.
+
+    **Arguments:**
+
+    - `opt_state`: the optimizer state, e.g. from `optimizer.init(bmr_eqx.trainable(model))`.
+    - `before`, `after`: the model (any pytree holding `Sparse` models) before and after the update.
+
+    **Returns:** the optimizer state, same structure.
+    """
+    pb, pa = trainable_params(before), trainable_params(after)
+    if [p.path for p in pb] != [p.path for p in pa]:
+        raise ValueError("before and after must be the same model before and after pruner.update (their leaves differ).")
+    full = [_key_str(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(trainable(after))[0]]
+    names: dict[str, int] = {}
+    for i, (p, f) in enumerate(zip(pa, full)):
+        names[f] = i
+        names["." + p.path if not p.path.startswith("[") else p.path] = i
+    grown = [None if (a.mask is None or b.mask is None) else a.mask & ~b.mask for a, b in zip(pa, pb)]
+    flat, treedef = jax.tree_util.tree_flatten_with_path(opt_state)
+    out, unmatched = [], []
+    for kp, x in flat:
+        if not (eqx.is_inexact_array(x) and x.ndim >= 1):
+            out.append(x)
+            continue
+        s = _key_str(kp)
+        match = max((n for n in names if s.endswith(n) and pa[names[n]].leaf.shape == x.shape), key=len, default=None)
+        if match is None:
+            unmatched.append(kp)
+            out.append(x)
+            continue
+        g = grown[names[match]]
+        out.append(x if g is None else jnp.where(g, jnp.zeros((), x.dtype), x))
+    if unmatched:
+        where = sorted({f"{_owner_type(opt_state, kp)} at `{_key_str(kp)}`" for kp in unmatched})[:5]
+        raise ValueError(
+            f"reset_regrown cannot tell which parameter these optimizer-state arrays belong to: {where}. Their "
+            "regrown entries would keep stale moments. Use an optimizer whose per-parameter state mirrors the "
+            "parameters (adam, sgd with momentum, lion, ...), initialised on `bmr_eqx.trainable(model)`."
+        )
+    return treedef.unflatten(out)

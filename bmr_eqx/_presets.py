@@ -4,15 +4,27 @@ from typing import Any
 
 from ._distributions import Distribution
 from ._pruner import Pruner
-from ._schedules import AbstractSchedule, NoUpdateSchedule, OneShotSchedule
-from ._scores import Evidence, Magnitude, Normalized, PosteriorPrecision, Random, Saliency, SignalToNoise
+from ._schedules import AbstractSchedule, NoUpdateSchedule, OneShotSchedule, PeriodicSchedule
+from ._scores import (
+    AbstractScore,
+    Evidence,
+    GradientMagnitude,
+    Magnitude,
+    Normalized,
+    PosteriorPrecision,
+    Random,
+    Saliency,
+    SignalToNoise,
+)
 from ._selection import (
     AbstractStructure,
     Block,
+    DropAndGrow,
     NByM,
     SpikeAndSlab,
     Threshold,
     TopK,
+    Unstructured,
     parse_sparsity_type,
     structure_and_selection,
 )
@@ -335,3 +347,187 @@ def AdaptiveBMR(
 
 BayesianGlobalPruning = GlobalBMRPruning
 """The BMRPruner fork's name for `GlobalBMRPruning` (one global ranking by ΔF)."""
+
+
+# ---- sparse training -----------------------------------------------------------------------------
+
+
+def SteMagnitudePruning(
+    *, sparsity: Any = None, distribution: Distribution = "uniform", sparsity_type: SparsityType = "unstructured",
+    schedule: AbstractSchedule = OneShotSchedule(0), keep_dense: Any = (),
+) -> Pruner:
+    """Straight-through magnitude pruning: the mask keeps the largest dense |w|.
+
+    Build the model as `Sparse(model, straight_through=True)`: the forward pass sees the masked
+    weights, the dense weights keep training (gradients pass straight through the mask), and
+    `update` recomputes the mask from them at every step, at the sparsity `schedule` puts in force
+    then (the schedule's update steps do not matter here).
+
+    **Arguments:**
+
+    - `sparsity`: the final fraction of pruned weights (groups) in `[0, 1)`; omit for N:M.
+    - `distribution`: `"uniform"` (default), `"erk"`, `"global"` or `{leaf path: sparsity or None}`.
+    - `sparsity_type`: `"unstructured"`, `"channel"`, `"block"`, `"N:M"` (e.g. `"2:4"`), or an
+      `Unstructured()` / `Channel(axis)` / `Block(shape)` / `NByM(n, m, axis)`.
+    - `schedule`: the sparsity over training (default `OneShotSchedule(0)`: the target from the start).
+    - `keep_dense`: leaf paths left dense.
+
+    **Returns:** a `Pruner`.
+    """
+    return _topk(Magnitude(), sparsity, distribution, sparsity_type, schedule, False, keep_dense, straight_through=True)
+
+
+def SteRandomPruning(
+    *, sparsity: Any = None, distribution: Distribution = "uniform", sparsity_type: SparsityType = "unstructured",
+    schedule: AbstractSchedule = OneShotSchedule(0), keep_dense: Any = (),
+) -> Pruner:
+    """Straight-through random pruning: a new random mask at every step (pass `key=` to `update`).
+
+    Build the model as `Sparse(model, straight_through=True)`: the forward pass sees the masked
+    weights, the dense weights keep training (gradients pass straight through the mask), and
+    `update` recomputes the mask from them at every step, at the sparsity `schedule` puts in force
+    then (the schedule's update steps do not matter here).
+
+    **Arguments:**
+
+    - `sparsity`: the final fraction of pruned weights (groups) in `[0, 1)`; omit for N:M.
+    - `distribution`: `"uniform"` (default), `"erk"`, `"global"` or `{leaf path: sparsity or None}`.
+    - `sparsity_type`: `"unstructured"`, `"channel"`, `"block"`, `"N:M"` (e.g. `"2:4"`), or an
+      `Unstructured()` / `Channel(axis)` / `Block(shape)` / `NByM(n, m, axis)`.
+    - `schedule`: the sparsity over training (default `OneShotSchedule(0)`: the target from the start).
+    - `keep_dense`: leaf paths left dense.
+
+    **Returns:** a `Pruner`.
+    """
+    return _topk(Random(), sparsity, distribution, sparsity_type, schedule, False, keep_dense, straight_through=True)
+
+
+def StaticRandomSparse(
+    *, sparsity: Any = None, distribution: Distribution = "uniform", sparsity_type: SparsityType = "unstructured",
+    keep_dense: Any = (),
+) -> Pruner:
+    """Static sparse training: a random mask drawn once, at each leaf's sparsity under
+    `distribution` (exact counts: `round(n·(1 − s))` kept, at least one), never changed again.
+    Draw it with `prune(model, key=...)` before training (or let `update` draw it at step 0), and
+    train with `masked_updates` so pruned weights stay at 0.
+
+    **Arguments:**
+
+    - `sparsity`: the fraction of pruned weights (groups) in `[0, 1)`; omit for N:M.
+    - `distribution`: `"uniform"` (default), `"erk"` or `{leaf path: sparsity or None}`.
+    - `sparsity_type`: `"unstructured"` (default), `"channel"`, `"block"` or `"N:M"`.
+    - `keep_dense`: leaf paths left dense.
+
+    **Returns:** a `Pruner`.
+    """
+    return _topk(Random(), sparsity, distribution, sparsity_type, OneShotSchedule(0), True, keep_dense)
+
+
+def _drop_and_grow(drop: AbstractScore, grow: AbstractScore, sparsity, distribution, sparsity_type, drop_fraction,
+                   drop_decay, schedule, keep_dense) -> Pruner:
+    kind = parse_sparsity_type(sparsity_type)
+    n_by_m = kind if isinstance(kind, NByM) else None
+    structure = kind if n_by_m is None else Unstructured()
+    selection = DropAndGrow(grow, sparsity, distribution, n_by_m, drop_fraction, drop_decay,
+                            getattr(schedule, "start", 0), getattr(schedule, "end", None))
+    return Pruner(drop, selection, structure, schedule, False, keep_dense)
+
+
+def SET(
+    *, sparsity: Any = None, distribution: Distribution = "uniform", sparsity_type: SparsityType = "unstructured",
+    drop_fraction: float = 0.3, drop_decay: str = "cosine", schedule: AbstractSchedule = PeriodicSchedule(every=100),
+    keep_dense: Any = (),
+) -> Pruner:
+    """Sparse Evolutionary Training: at constant sparsity, every update drops the active weights of
+    smallest |w| and regrows as many inactive ones at random (pass `key=` to `update`).
+
+    **Arguments:**
+
+    - `sparsity`: the constant fraction of pruned weights per leaf, in `[0, 1)`; omit for N:M.
+    - `distribution`: `"uniform"` (default), `"erk"` or `{leaf path: sparsity or None}`.
+    - `sparsity_type`: `"unstructured"` (default) or `"N:M"` (e.g. `"2:4"`, or `NByM(n, m, axis)`):
+      every group of `m` keeps `n` through drop and grow.
+    - `drop_fraction`: the fraction of active weights dropped (and regrown) per update at the start
+      of the schedule's window, in `[0, 1]` (default 0.3).
+    - `drop_decay`: `"cosine"` (default; to 0 at the schedule's `end`, constant if it has none)
+      or `"constant"`.
+    - `schedule`: when masks are updated (default `PeriodicSchedule(every=100)`).
+    - `keep_dense`: leaf paths left dense.
+
+    **Returns:** a `Pruner`. `prune(model)` prunes a denser model to the target by the drop score
+    (start from a random mask with `StaticRandomSparse(...).prune(model, key=...)` instead).
+    After every `update`, reset the optimizer moments of the regrown weights with
+    `bmr_eqx.reset_regrown(opt_state, before, after)`.
+    """
+    return _drop_and_grow(Magnitude(), Random(), sparsity, distribution, sparsity_type, drop_fraction, drop_decay,
+                          schedule, keep_dense)
+
+
+def RigL(
+    *, sparsity: Any = None, distribution: Distribution = "uniform", sparsity_type: SparsityType = "unstructured",
+    drop_fraction: float = 0.3, drop_decay: str = "cosine", schedule: AbstractSchedule = PeriodicSchedule(every=100),
+    keep_dense: Any = (),
+) -> Pruner:
+    """Rigged Lottery: at constant sparsity, every update drops the active weights of smallest |w|
+    and regrows the inactive ones of largest gradient magnitude. The gradient is the one with
+    respect to the masked weights, dense where the mask is 0: pass
+    `grads=eqx.filter_grad(lambda m: loss(bmr_eqx.straight_through(m), ...))(model)` to `update`.
+
+    **Arguments:**
+
+    - `sparsity`: the constant fraction of pruned weights per leaf, in `[0, 1)`; omit for N:M.
+    - `distribution`: `"uniform"` (default), `"erk"` or `{leaf path: sparsity or None}`.
+    - `sparsity_type`: `"unstructured"` (default) or `"N:M"` (e.g. `"2:4"`, or `NByM(n, m, axis)`):
+      every group of `m` keeps `n` through drop and grow.
+    - `drop_fraction`: the fraction of active weights dropped (and regrown) per update at the start
+      of the schedule's window, in `[0, 1]` (default 0.3).
+    - `drop_decay`: `"cosine"` (default; to 0 at the schedule's `end`, constant if it has none)
+      or `"constant"`.
+    - `schedule`: when masks are updated (default `PeriodicSchedule(every=100)`).
+    - `keep_dense`: leaf paths left dense.
+
+    **Returns:** a `Pruner`. `prune(model)` prunes a denser model to the target by the drop score
+    (start from a random mask with `StaticRandomSparse(...).prune(model, key=...)` instead).
+    After every `update`, reset the optimizer moments of the regrown weights with
+    `bmr_eqx.reset_regrown(opt_state, before, after)`.
+    """
+    return _drop_and_grow(Magnitude(), GradientMagnitude(), sparsity, distribution, sparsity_type, drop_fraction,
+                          drop_decay, schedule, keep_dense)
+
+
+def BMRDropAndGrow(
+    *, sparsity: Any = None, distribution: Distribution = "uniform", sparsity_type: SparsityType = "unstructured",
+    drop_fraction: float = 0.3, drop_decay: str = "cosine", schedule: AbstractSchedule = PeriodicSchedule(every=100),
+    keep_dense: Any = (), grow: str = "gradient", curvature: str = "posterior",
+) -> Pruner:
+    """Bayesian drop-and-grow, for sparse training with IVON: at constant sparsity, every update
+    drops the active weights whose removal costs the least evidence (highest ΔF of the spike reduced
+    prior) and regrows as many inactive ones, by gradient magnitude (`grow="gradient"`; pass
+    `grads=` as for `RigL`) or at random (`grow="random"`; pass `key=`). Needs a `Posterior`;
+    regrown weights start at 0 with their curvature back at `hess_init`.
+
+    **Arguments:**
+
+    - `sparsity`: the constant fraction of pruned weights per leaf, in `[0, 1)`; omit for N:M.
+    - `distribution`: `"uniform"` (default), `"erk"` or `{leaf path: sparsity or None}`.
+    - `sparsity_type`: `"unstructured"` (default) or `"N:M"` (e.g. `"2:4"`, or `NByM(n, m, axis)`):
+      every group of `m` keeps `n` through drop and grow.
+    - `drop_fraction`: the fraction of active weights dropped (and regrown) per update at the start
+      of the schedule's window, in `[0, 1]` (default 0.3).
+    - `drop_decay`: `"cosine"` (default; to 0 at the schedule's `end`, constant if it has none)
+      or `"constant"`.
+    - `schedule`: when masks are updated (default `PeriodicSchedule(every=100)`).
+    - `keep_dense`: leaf paths left dense.
+    - `grow`: `"gradient"` (default) or `"random"`.
+    - `curvature`: the curvature ΔF reads, `"posterior"` (default) or `"data"`.
+
+    **Returns:** a `Pruner`. `prune(model)` prunes a denser model to the target by the drop score
+    (start from a random mask with `StaticRandomSparse(...).prune(model, key=...)` instead).
+    After every `update`, reset the optimizer moments of the regrown weights with
+    `bmr_eqx.reset_regrown(opt_state, before, after)`.
+    """
+    if grow not in ("gradient", "random"):
+        raise ValueError(f"grow must be 'gradient' (as RigL) or 'random' (as SET), got {grow!r}.")
+    grow_score = GradientMagnitude() if grow == "gradient" else Random()
+    return _drop_and_grow(Evidence(curvature), grow_score, sparsity, distribution, sparsity_type, drop_fraction,
+                          drop_decay, schedule, keep_dense)

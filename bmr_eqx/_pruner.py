@@ -34,6 +34,7 @@ class _Entry(NamedTuple):
     leaf: Leaf  # stored weight and raw curvature; `scored_leaf` derives what scores see
     straight_through: bool
     posterior: Posterior | None
+    hess_key: str | None  # the leaf's key in its posterior's hess
 
     def scored_leaf(self) -> Leaf:
         """The leaf as scores see it (computed inside the update's lax.cond): pruned entries at 0
@@ -102,24 +103,36 @@ class Pruner(eqx.Module):
             if not isinstance(value, cls):
                 raise TypeError(f"Pruner {name} must be a bmr_eqx.{cls.__name__}, got {type(value).__name__}.")
         self.selection.check(self.structure)
-        unknown = sorted(set(self.score.requires) - {"grad", "key", "hess"})
+        unknown = sorted(set(self._requires()) - {"grad", "key", "hess"})
         if unknown:
             raise ValueError(
                 f"{type(self.score).__name__}.requires names {unknown}; a score may require 'grad', 'key' or 'hess'."
             )
 
+    def _requires(self) -> set[str]:
+        return set(self.score.requires) | set(self.selection.requires)
+
     # ---- what the score sees ---------------------------------------------------------------------
 
-    def _entries(self, model: PyTree, grads: PyTree, key: PRNGKeyArray | None) -> tuple[list[Site], list[_Entry]]:
+    def _entries(self, model: PyTree, grads: PyTree, key: PRNGKeyArray | None,
+                 one_shot: bool = False) -> tuple[list[Site], list[_Entry]]:
         sites = find_sites(model, grads)
         if not sites:
             raise no_sparse_error(model)
-        requires = set(self.score.requires)
+        # one-shot pruning only ranks by the score (a drop-and-grow selection grows nothing then)
+        requires = set(self.score.requires) if one_shot else self._requires()
         score_name = type(self.score).__name__
         if "grad" in requires and grads is None:
+            if "grad" in self.selection.requires:
+                raise ValueError(
+                    f"This pruner grows weights by their gradient ({type(self.selection.grow).__name__}): pass "
+                    "grads= the gradient with respect to the masked weights, dense where the mask is 0: "
+                    "`eqx.filter_grad(lambda m: loss(bmr_eqx.straight_through(m)))(model)`."
+                )
             raise ValueError(f"The {score_name} score needs gradients: pass grads=eqx.filter_grad(loss)(model).")
         if "key" in requires and key is None:
-            raise ValueError(f"The {score_name} score needs a PRNG key: pass key=jax.random.key(...).")
+            what = f"The {score_name} score" if "key" in self.score.requires else "This pruner's grow rule"
+            raise ValueError(f"{what} needs a PRNG key: pass key=jax.random.key(...) (a new one at every step).")
         raw = []
         for i, site in enumerate(sites):
             check_masks(site.sparse.model, site.sparse.masks, site.prefix)
@@ -146,20 +159,22 @@ class Pruner(eqx.Module):
                 if "grad" in requires and g is None:
                     raise ValueError(f"grads has no gradient for the prunable leaf `{path}`.")
                 post = site.posterior
-                raw.append((i, rel, path, w, m, g, post, None if post is None else post.hess[join_path(site.hess_prefix, rel)]))
+                hk = None if post is None else join_path(site.hess_prefix, rel)
+                raw.append((i, rel, path, w, m, g, post, hk))
         known = {r[2] for r in raw}
         unknown = sorted(set(self.keep_dense) - known)
         if unknown:
             raise ValueError(f"keep_dense names {unknown}, which are not prunable leaves; prunable leaves are {sorted(known)}.")
         keys = list(jax.random.split(key, len(raw))) if key is not None else [None] * len(raw)
         entries = [
-            _Entry(i, rel, Leaf(path, w, m, g, k, h, None if post is None else post.ess,
-                                None if post is None else post.weight_decay), sites[i].sparse.straight_through, post)
-            for (i, rel, path, w, m, g, post, h), k in zip(raw, keys)
+            _Entry(i, rel, Leaf(path, w, m, g, k, None if post is None else post.hess[hk],
+                                None if post is None else post.ess, None if post is None else post.weight_decay),
+                   sites[i].sparse.straight_through, post, hk)
+            for (i, rel, path, w, m, g, post, hk), k in zip(raw, keys)
         ]
         return sites, entries
 
-    def _new_masks(self, entries: list[_Entry], sparsity_at: Any) -> list[Array]:
+    def _new_masks(self, entries: list[_Entry], sparsity_at: Any, step: Any = None) -> list[Array]:
         """New masks of `entries`, in order."""
         st = self.structure
         active = [j for j, e in enumerate(entries) if e.leaf.path not in self.keep_dense]
@@ -182,7 +197,7 @@ class Pruner(eqx.Module):
                 groups = groups + scores[partner[j]].reshape(groups.shape)
             units.append(Unit(leaf, groups, st))
             owners.append(j)
-        keeps = self.selection.select(units, sparsity_at) if units else []
+        keeps = self.selection.select(units, sparsity_at, step) if units else []
         new: list[Array | None] = [None] * len(entries)
         for j, keep in zip(owners, keeps):
             if keep is None:  # the selection leaves this leaf alone
@@ -194,10 +209,18 @@ class Pruner(eqx.Module):
         return [e.leaf.mask if m is None else m for e, m in zip(entries, new)]
 
     @staticmethod
-    def _put(model: PyTree, entries: Sequence[_Entry], masks: Sequence[Array], zero_weights: bool) -> PyTree:
+    def _put(model: PyTree, entries: Sequence[_Entry], masks: Sequence[Array], zero_weights: bool,
+             regrown: Sequence[Array] | None = None) -> PyTree:
+        """`model` with `masks` in place; `zero_weights`: pruned weights set to 0; `regrown` (masks of
+        the weights grown back): those weights set to 0 and their posterior curvature to `hess_init`."""
         per_site: dict[int, dict[str, Array]] = {}
         for e, m in zip(entries, masks):
             per_site.setdefault(e.site, {})[e.key] = m
+        if regrown is not None:
+            model = _reset_curvature(model, entries, regrown)
+            grown_site: dict[int, dict[str, Array]] = {}
+            for e, g in zip(entries, regrown):
+                grown_site.setdefault(e.site, {})[e.key] = ~g
 
         def rebuild(i: int, sparse: Sparse) -> Sparse:
             new = per_site.get(i)
@@ -205,6 +228,8 @@ class Pruner(eqx.Module):
                 return sparse
             masks_i = {**sparse.masks, **new}
             inner = apply_masks(sparse.model, new) if zero_weights else sparse.model
+            if regrown is not None:
+                inner = apply_masks(inner, grown_site[i])
             return eqx.tree_at(lambda s: (s.model, s.masks), sparse, (inner, masks_i))
 
         return replace_sites(model, rebuild)
@@ -237,17 +262,19 @@ class Pruner(eqx.Module):
         """
         sites, entries = self._entries(model, grads, key)
         step = jnp.asarray(step)
-        do = self.schedule.is_update_step(step)
+        # straight-through masks follow the dense weights at every step; the schedule sets the sparsity
+        do = True if self.straight_through else self.schedule.is_update_step(step)
         old = [e.leaf.mask for e in entries]
 
         def recompute():
-            return self._new_masks(entries, lambda t: self.schedule.sparsity(step, t))
+            return self._new_masks(entries, lambda t: self.schedule.sparsity(step, t), step)
 
         if isinstance(do, jax.core.Tracer):
             new = jax.lax.cond(do, recompute, lambda: old)
         else:
             new = recompute() if bool(do) else old
-        return self._put(model, entries, new, zero_weights=False)
+        regrown = [n & ~o for n, o in zip(new, old)] if self.selection.regrows else None
+        return self._put(model, entries, new, zero_weights=False, regrown=regrown)
 
     def prune(self, model: PyTree, *, grads: PyTree = None, key: PRNGKeyArray | None = None) -> PyTree:
         """One-shot pruning to the final target sparsity, ignoring the schedule.
@@ -278,8 +305,28 @@ class Pruner(eqx.Module):
             warn_if_blind(found, getattr(self.score, "curvature", "posterior"))
 
     def _prune(self, model: PyTree, grads: PyTree, key: PRNGKeyArray | None) -> PyTree:
-        _, entries = self._entries(model, grads, key)
+        _, entries = self._entries(model, grads, key, one_shot=True)
         return self._put(model, entries, self._new_masks(entries, lambda t: t), zero_weights=True)
+
+
+def _reset_curvature(model: PyTree, entries: Sequence[_Entry], regrown: Sequence[Array]) -> PyTree:
+    """`model` with the posterior curvature of regrown weights back at `hess_init`."""
+    resets: dict[int, dict[str, Array]] = {}
+    for e, g in zip(entries, regrown):
+        if e.posterior is not None:
+            resets.setdefault(id(e.posterior), {})[e.hess_key] = g
+    if not resets:
+        return model
+
+    def fix(node: Any) -> Any:
+        if not isinstance(node, Posterior) or id(node) not in resets:
+            return node
+        hess = dict(node.hess)
+        for k, g in resets[id(node)].items():
+            hess[k] = jnp.where(g, jnp.asarray(node.hess_init, hess[k].dtype), hess[k])
+        return eqx.tree_at(lambda p: p.hess, node, hess)
+
+    return jax.tree.map(fix, model, is_leaf=lambda x: isinstance(x, Posterior))
 
 
 @eqx.filter_jit

@@ -69,6 +69,17 @@ class Saliency(AbstractScore):
         return jnp.abs(leaf.weight * leaf.grad)
 
 
+class GradientMagnitude(AbstractScore):
+    """|g|: the weights whose gradient is largest come first (needs `grads=`). RigL grows by it,
+    from the gradient with respect to the masked weights, which is dense even where the mask is 0:
+    take it through `bmr_eqx.straight_through(model)`."""
+
+    requires: ClassVar[tuple[str, ...]] = ("grad",)
+
+    def __call__(self, leaf: Leaf) -> Array:
+        return jnp.abs(leaf.grad)
+
+
 class Random(AbstractScore):
     """Uniform random scores (needs `key=`)."""
 

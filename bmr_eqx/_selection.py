@@ -2,7 +2,7 @@
 
 import abc
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -10,8 +10,17 @@ from jaxtyping import Array
 
 from ._bmr import spike_and_slab_mask
 from ._distributions import Distribution, as_distribution, as_sparsity, leaf_sparsities
-from ._masks import global_topk_masks, keep_best, nm_mask, threshold_mask, topk_mask
-from ._scores import Leaf
+from ._masks import (
+    global_topk_masks,
+    keep_best,
+    keep_count,
+    nm_mask,
+    rank_along_last,
+    threshold_mask,
+    top_count_mask,
+    topk_mask,
+)
+from ._scores import AbstractScore, Leaf
 
 SparsityAt = Callable[[Any], Any]
 
@@ -126,11 +135,20 @@ class AbstractSelection(eqx.Module):
     its scores). A selection sees every leaf at once, so global rankings and rules that read the
     leaf itself (its current mask, its gradient) fit the same interface."""
 
+    regrows: ClassVar[bool] = False
+    """True for selections that revive pruned weights on purpose (drop-and-grow): the pruner then
+    sets regrown weights to exactly 0 and their posterior curvature back to `hess_init`."""
+
     @abc.abstractmethod
-    def select(self, units: Sequence[Unit], sparsity_at: SparsityAt) -> list[Array | None]:
+    def select(self, units: Sequence[Unit], sparsity_at: SparsityAt, step: Any = None) -> list[Array | None]:
         """Keep flags of every unit's groups (None: leave that leaf's mask as it is).
         `sparsity_at(target)` is the sparsity the schedule puts in force now for a leaf whose final
-        sparsity is `target`."""
+        sparsity is `target`; `step` is the training step (None for one-shot `prune`)."""
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        """`Leaf` fields this selection reads beyond what its pruner's score needs."""
+        return ()
 
     def check(self, structure: AbstractStructure) -> None:
         """Raise if this selection cannot work on groups of `structure`."""
@@ -170,7 +188,7 @@ class TopK(AbstractSelection):
                 f"distribution='global' ranks single weights across leaves and needs unstructured sparsity, got {structure!r}."
             )
 
-    def select(self, units: Sequence[Unit], sparsity_at: SparsityAt) -> list[Array | None]:
+    def select(self, units: Sequence[Unit], sparsity_at: SparsityAt, step: Any = None) -> list[Array | None]:
         if self.distribution == "global":
             sparsity = sparsity_at(self.sparsity)
             scores = [u.scores for u in units]
@@ -207,7 +225,7 @@ class NByM(AbstractSelection):
         if not isinstance(structure, Unstructured):
             raise ValueError(f"N:M selects single entries and needs unstructured sparsity, got {structure!r}.")
 
-    def select(self, units: Sequence[Unit], sparsity_at: SparsityAt) -> list[Array]:
+    def select(self, units: Sequence[Unit], sparsity_at: SparsityAt, step: Any = None) -> list[Array]:
         out = []
         for u in units:
             shape, path = tuple(u.scores.shape), u.leaf.path
@@ -231,7 +249,7 @@ class Threshold(AbstractSelection):
 
     value: float = 0.0
 
-    def select(self, units: Sequence[Unit], sparsity_at: SparsityAt) -> list[Array]:
+    def select(self, units: Sequence[Unit], sparsity_at: SparsityAt, step: Any = None) -> list[Array]:
         return [keep_best(threshold_mask(u.scores, self.value), u.scores) for u in units]
 
 
@@ -244,8 +262,145 @@ class SpikeAndSlab(AbstractSelection):
 
     num_iters: int = 20
 
-    def select(self, units: Sequence[Unit], sparsity_at: SparsityAt) -> list[Array]:
+    def select(self, units: Sequence[Unit], sparsity_at: SparsityAt, step: Any = None) -> list[Array]:
         return [keep_best(spike_and_slab_mask(-u.scores, self.num_iters), u.scores) for u in units]
+
+
+def _finite(x: Array) -> Array:
+    """float32 scores with NaN and ±inf moved to the ends of the finite range, so -inf can mark
+    entries that are not candidates."""
+    big = jnp.finfo(jnp.float32).max
+    return jnp.nan_to_num(jnp.asarray(x, jnp.float32), nan=-big, posinf=big, neginf=-big)
+
+
+class DropAndGrow(AbstractSelection):
+    """Dynamic sparse training at constant sparsity (SET, RigL): at every update, per leaf, drop
+    the `fraction(step)` of the active weights with the lowest scores (the pruner's score: |w| for
+    SET and RigL, −ΔF for Bayesian drop-and-grow) and regrow as many of the weights that were
+    inactive before this update, by the highest `grow` score (`Random()` for SET,
+    `GradientMagnitude()` of the gradient with respect to the masked weights for RigL). A weight
+    dropped in this update is not regrown in it, and regrown weights start at exactly 0.
+
+    The number of active weights per leaf (per group of `m` for `n_by_m`) never changes; a leaf
+    denser than its target is first pruned to it by the drop score (so `prune` gives the start
+    mask), and a leaf sparser than its target stays as sparse. The drop count is
+    `floor(fraction·active)` per leaf, limited so that enough inactive weights are left to regrow.
+
+    **Arguments:**
+
+    - `grow`: the score that picks the regrown weights (higher = grown first).
+    - `sparsity`, `distribution`: the per-leaf target (`"uniform"`, `"erk"` or a dict, as for
+      `TopK`; `"global"` is not supported); omit `sparsity` with `n_by_m`.
+    - `n_by_m`: an `NByM(n, m, axis)` to keep the mask N:M through drop and grow (drops are chosen
+      over the whole leaf, and each group regrows as many as it lost, within the group).
+    - `drop_fraction`: the fraction dropped at `start`, in `[0, 1]` (default 0.3).
+    - `decay`: `"cosine"` (default: decays to 0 at `end`, as in the RigL paper) or `"constant"`.
+    - `start`, `end`: the window of the decay (the presets copy their schedule's window; with
+      `end=None` the fraction stays at `drop_fraction`).
+    """
+
+    grow: AbstractScore
+    sparsity: Any = eqx.field(default=None, converter=as_sparsity)
+    distribution: Distribution = eqx.field(default="uniform", converter=as_distribution)
+    n_by_m: NByM | None = None
+    drop_fraction: float = 0.3
+    decay: str = "cosine"
+    start: int = 0
+    end: int | None = None
+    regrows: ClassVar[bool] = True
+
+    def __check_init__(self):
+        if not isinstance(self.grow, AbstractScore):
+            raise TypeError(f"grow must be a bmr_eqx score (Random(), GradientMagnitude(), ...), got {self.grow!r}.")
+        f = self.drop_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1:
+            raise ValueError(
+                f"drop_fraction must be a number in [0, 1] (the fraction of active weights dropped per update), got {f!r}."
+            )
+        if self.decay not in ("cosine", "constant"):
+            raise ValueError(f"decay must be 'cosine' or 'constant', got {self.decay!r}.")
+        if self.n_by_m is None and self.sparsity is None and not isinstance(self.distribution, dict):
+            raise ValueError("Drop-and-grow needs a target: pass sparsity=<number in [0, 1)> (or n_by_m=NByM(n, m)).")
+        if self.n_by_m is not None and self.sparsity is not None:
+            raise ValueError("N:M fixes the sparsity; drop sparsity= when n_by_m is given.")
+        if self.distribution == "global":
+            raise ValueError(
+                "Drop-and-grow keeps every leaf's sparsity constant; distribution='global' moves weights between "
+                "leaves. Use 'uniform', 'erk' or a per-path dict."
+            )
+        if self.end is not None and self.end <= self.start:
+            raise ValueError(f"end ({self.end}) must be > start ({self.start}).")
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        return tuple(self.grow.requires)
+
+    def check(self, structure: AbstractStructure) -> None:
+        if not isinstance(structure, Unstructured):
+            raise ValueError(
+                f"Drop-and-grow (SET, RigL) keeps single weights' counts constant and needs unstructured or N:M "
+                f"sparsity, got {structure!r}."
+            )
+
+    def fraction(self, step: Any) -> Array:
+        """The drop fraction at `step`."""
+        if self.decay == "constant" or self.end is None:
+            return jnp.asarray(self.drop_fraction, jnp.float32)
+        p = jnp.clip((jnp.asarray(step, jnp.float32) - self.start) / (self.end - self.start), 0.0, 1.0)
+        return self.drop_fraction * 0.5 * (1.0 + jnp.cos(jnp.pi * p))
+
+    def select(self, units: Sequence[Unit], sparsity_at: SparsityAt, step: Any = None) -> list[Array | None]:
+        f = None if step is None else self.fraction(step)  # None: only prune to the target (one-shot)
+        if self.n_by_m is not None:
+            return [self._nm(u, f) for u in units]
+        shapes = {u.leaf.path: tuple(u.leaf.weight.shape) for u in units}
+        targets = leaf_sparsities(shapes, self.sparsity, self.distribution)
+        return [None if targets[u.leaf.path] is None else self._unstructured(u, sparsity_at(targets[u.leaf.path]), f)
+                for u in units]
+
+    def _unstructured(self, u: Unit, sparsity: Any, f: Array | None) -> Array:
+        mask, size = u.leaf.mask, u.leaf.mask.size
+        active = jnp.sum(mask, dtype=jnp.int32)
+        base = jnp.minimum(active, keep_count(size, sparsity))
+        if f is None:
+            return top_count_mask(u.scores, base, among=mask)
+        n_drop = jnp.minimum(jnp.floor(f * base).astype(jnp.int32), size - active)
+        kept = top_count_mask(u.scores, base - n_drop, among=mask)
+        grown = top_count_mask(self.grow(u.leaf), n_drop, among=~mask)
+        return kept | grown
+
+    def _nm(self, u: Unit, f: Array | None) -> Array:
+        nm = self.n_by_m
+        shape, path = tuple(u.scores.shape), u.leaf.path
+        if not -len(shape) <= nm.axis < len(shape) or shape[nm.axis] % nm.m:
+            raise ValueError(
+                f"N:M with m={nm.m} along axis {nm.axis} does not fit `{path}` of shape {shape}; leave this leaf "
+                "dense (keep_dense=...) or choose another m or axis."
+            )
+
+        def groups(x):
+            moved = jnp.moveaxis(x, nm.axis, -1)
+            return moved.reshape(*moved.shape[:-1], moved.shape[-1] // nm.m, nm.m)
+
+        def ungroup(x):
+            moved = x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
+            return jnp.moveaxis(moved, -1, nm.axis)
+
+        mask = groups(u.leaf.mask)
+        drop_s = jnp.where(mask, _finite(groups(u.scores)), -jnp.inf)
+        base = mask & (rank_along_last(drop_s) < nm.n)  # at most n per group
+        if f is None:
+            return ungroup(base)
+        total = jnp.sum(base, dtype=jnp.int32)
+        n_drop = jnp.floor(f * total).astype(jnp.int32)
+        dropped = base & ~top_count_mask(drop_s, total - n_drop, among=base)
+        # a group can regrow at most its inactive entries: undrop the best of the rest
+        room = jnp.sum(~mask, axis=-1, keepdims=True)
+        dropped = dropped & (rank_along_last(jnp.where(dropped, -drop_s, -jnp.inf)) < room)  # lowest first
+        count = jnp.sum(dropped, axis=-1, keepdims=True)
+        grow_s = jnp.where(mask, -jnp.inf, _finite(groups(self.grow(u.leaf))))
+        grown = ~mask & (rank_along_last(grow_s) < count)
+        return ungroup((base & ~dropped) | grown)
 
 
 def parse_sparsity_type(value: Any) -> "AbstractStructure | NByM":

@@ -88,6 +88,25 @@ def replace_sites(tree: PyTree, fn: Callable[[int, Sparse], Sparse]) -> PyTree:
     return jax.tree.map(swap, tree, is_leaf=_is_site)
 
 
+def straight_through(tree: PyTree) -> PyTree:
+    """`tree` with every `Sparse` passing gradients straight through its masks: the forward pass is
+    unchanged (pruned weights are 0), but the gradient of a pruned weight is the gradient with respect
+    to the masked weight, dense where the mask is 0, instead of 0.
+
+    RigL grows weights by that gradient. Take it inside the differentiated function, so the
+    gradients keep the model's own structure, and mask it for the optimizer:
+
+        loss, dense = eqx.filter_value_and_grad(lambda m, x, y: loss_fn(bmr_eqx.straight_through(m), x, y))(model, x, y)
+        grads = bmr_eqx.mask_gradients(dense, model)   # what the optimizer sees
+        model = rigl.update(model, step, grads=dense)
+
+    **Arguments:** `tree`, any pytree holding `Sparse` models (also inside a `Posterior`).
+
+    **Returns:** the same tree, its `Sparse` models straight-through.
+    """
+    return replace_sites(tree, lambda _, s: s if s.straight_through else Sparse(s.model, masks=s.masks, straight_through=True))
+
+
 def no_sparse_error(tree: PyTree) -> TypeError:
     return TypeError(
         f"No bmr_eqx.Sparse model found in {type(tree).__name__}. Wrap the model (or the part to prune) first: "
