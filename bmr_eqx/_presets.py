@@ -237,8 +237,9 @@ def SteBMRPruning(
     schedule: AbstractSchedule = OneShotSchedule(0), monotone: bool = False, keep_dense: Any = (), curvature: str = "posterior",
 ) -> Pruner:
     """BMR with straight-through masks: pruned weights keep receiving gradients and may come back when
-    their ΔF drops. Needs `Posterior(Sparse(model, straight_through=True), ...)`; recompute the masks
-    often (e.g. `PeriodicSchedule(every=1)`).
+    their ΔF drops. Needs `Posterior(Sparse(model, straight_through=True), ...)`; like every
+    straight-through pruner, `update` recomputes the mask at every step, at the sparsity `schedule`
+    puts in force then.
 
     **Arguments:**
 
@@ -246,7 +247,7 @@ def SteBMRPruning(
     - `distribution`: `"uniform"` (default), `"erk"`, `"global"` or `{leaf path: sparsity or None}`.
     - `sparsity_type`: `"unstructured"`, `"channel"`, `"block"`, `"N:M"` (e.g. `"2:4"`), or an
       `Unstructured()` / `Channel(axis)` / `Block(shape)` / `NByM(n, m, axis)`.
-    - `schedule`: when masks change (default `OneShotSchedule(0)`).
+    - `schedule`: the sparsity over training (default `OneShotSchedule(0)`: the target from the start).
     - `monotone`: pruned weights never come back (default False, so that they can).
     - `keep_dense`: leaf paths left dense.
 

@@ -82,7 +82,8 @@ class Pruner(eqx.Module):
     - `keep_dense`: paths of prunable leaves this pruner leaves dense (e.g. a classifier head,
       `("head.weight",)`), whatever the selection;
     - `straight_through`: the pruner expects `Sparse(..., straight_through=True)` models (pruned
-      weights keep training and may come back) and raises otherwise.
+      weights keep training and may come back) and raises otherwise; it recomputes the masks at
+      every step of `update`, at the sparsity the schedule puts in force then.
     """
 
     score: AbstractScore

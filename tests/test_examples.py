@@ -59,3 +59,17 @@ def test_bmr_oneshot_study_runs():
     assert all(0.0 <= r["accuracy"] <= 1.0 for runs in results.values() for r in runs)
     assert set(corr) == {"ivon", "refreshed"}
     assert all(-1.0 <= v <= 1.0 for rows in corr.values() for row in rows for v in row.values())
+
+
+def test_sparse_training_runs(tmp_path):
+    pytest.importorskip("sklearn")
+    import sparse_training
+
+    summary = sparse_training.main(["--steps", "60", "--seeds", "1", "--out", str(tmp_path)])
+    assert (tmp_path / "sparse_training.png").stat().st_size > 1000
+    assert set(summary) == {"dense", "static sparse", "SET", "RigL", "gradual magnitude", "BMR drop-and-grow (IVON)"}
+    assert summary["dense"]["sparsity"][0] == 0.0
+    for name, row in summary.items():
+        assert 0.0 <= row["accuracy"][0] <= 1.0
+        if name != "dense":
+            assert row["sparsity"][0] == pytest.approx(0.9, abs=2e-3)  # ERK: 90% over all weights

@@ -1,0 +1,200 @@
+"""Sparse training on scikit-learn's digits: static, SET, RigL, gradual pruning and Bayesian drop-and-grow.
+
+Trains the digits MLP (64-256-256-10, relu) at the same step budget, over several seeds, by:
+
+* dense adam (no pruning);
+* static sparse: a random 90%-sparse (ERK) mask drawn once and never changed;
+* SET and RigL from the same random start: drop the smallest |w| and regrow at random (SET) or by
+  the dense gradient (RigL) every `steps // 40` steps until 75% of training, at constant sparsity;
+* gradual magnitude pruning from dense to 90% (ERK), from 10% to 75% of training;
+* Bayesian drop-and-grow with IVON from the same random start: drop the weights whose removal costs
+  the least evidence (ΔF), regrow by the dense gradient; evaluated by the posterior predictive.
+
+The adam runs use `masked_updates(adam)` with a cosine-decayed learning rate, the IVON run the
+hyper-parameters of `bmr_digits.HPARAMS["mlp"]`; regrown weights get fresh optimizer moments
+(`reset_regrown`). Prints a table of final sparsity, test accuracy and NLL (mean ± std over seeds)
+with each method's paired (same seed) difference to static sparse, and plots test accuracy over
+training for seed 0.
+
+    python examples/sparse_training.py [--steps 2000] [--seeds 3] [--out outputs]
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bmr_digits import HPARAMS, make_model  # noqa: E402
+from digits_data import load_digits_split  # noqa: E402
+
+import bmr_eqx as bx  # noqa: E402
+
+SPARSITY = 0.9
+ADAM_LR = 3e-3
+BASELINE = "static sparse"
+
+
+def methods(steps: int) -> dict:
+    """`{name: (pruner, start, optimizer)}`: `start` is `"dense"` or `"random"` (the shared random
+    ERK mask of `StaticRandomSparse`), `optimizer` is `"adam"` or `"ivon"`."""
+    every = max(1, steps // 40)
+    periodic = bx.PeriodicSchedule(every=every, end=int(0.75 * steps))
+    start = int(0.1 * steps)  # gradual pruning ends on an update step, so it reaches the target
+    gradual = bx.PolynomialSchedule(start=start, end=start + every * max(1, (int(0.75 * steps) - start) // every),
+                                    every=every)
+    return {
+        "dense": (bx.NoPruning(), "dense", "adam"),
+        BASELINE: (bx.StaticRandomSparse(sparsity=SPARSITY, distribution="erk"), "random", "adam"),  # masks fixed
+        "SET": (bx.SET(sparsity=SPARSITY, distribution="erk", schedule=periodic), "random", "adam"),
+        "RigL": (bx.RigL(sparsity=SPARSITY, distribution="erk", schedule=periodic), "random", "adam"),
+        "gradual magnitude": (bx.MagnitudePruning(sparsity=SPARSITY, distribution="erk", schedule=gradual),
+                              "dense", "adam"),
+        "BMR drop-and-grow (IVON)": (bx.BMRDropAndGrow(sparsity=SPARSITY, distribution="erk", schedule=periodic),
+                                     "random", "ivon"),
+    }
+
+
+def loss_fn(model, x, y):
+    return optax.softmax_cross_entropy_with_integer_labels(jax.vmap(model)(x), y).mean()
+
+
+def dense_loss(model, x, y):
+    """The loss with gradients passed straight through the masks (RigL and BMR grow by them)."""
+    return loss_fn(bx.straight_through(model), x, y)
+
+
+def train(pruner, start, optimizer, data, *, steps, seed, label=""):
+    """Train `Sparse(mlp)` with masked adam, or `Posterior(Sparse(mlp))` with IVON, updating the masks
+    with `pruner` after every step; returns the history and the final test metrics."""
+    hp = HPARAMS["mlp"]
+    x_tr, y_tr, x_te, y_te = data
+    key_model, key_mask, key_run = jax.random.split(jax.random.key(seed), 3)
+    model = bx.Sparse(make_model("mlp", key_model))
+    if start == "random":  # the same start for every method of a seed
+        model = bx.StaticRandomSparse(sparsity=SPARSITY, distribution="erk").prune(model, key=key_mask)
+    bayes = optimizer == "ivon"
+    if bayes:
+        model = bx.Posterior(model, ess=x_tr.shape[0], weight_decay=hp["weight_decay"], hess_init=hp["hess_init"])
+        opt = bx.ivon(optax.cosine_decay_schedule(hp["learning_rate"], steps), b2=hp["b2"])
+        value_and_grad = bx.noisy_value_and_grad(dense_loss)
+    else:
+        opt = bx.masked_updates(optax.adam(optax.cosine_decay_schedule(ADAM_LR, steps)))
+    opt_state = opt.init(model)
+
+    @eqx.filter_jit
+    def step(model, opt_state, i, key):
+        k_batch, k_noise, k_prune = jax.random.split(key, 3)
+        idx = jax.random.randint(k_batch, (hp["batch_size"],), 0, x_tr.shape[0])
+        if bayes:
+            _, dense, hess = value_and_grad(model, k_noise, x_tr[idx], y_tr[idx])
+            updates, opt_state = opt.update(bx.mask_gradients(dense, model), opt_state, model, hess_estimate=hess)
+        else:
+            _, dense = eqx.filter_value_and_grad(dense_loss)(model, x_tr[idx], y_tr[idx])
+            updates, opt_state = opt.update(bx.mask_gradients(dense, model), opt_state, model)
+        model = eqx.apply_updates(model, updates)
+        new = pruner.update(model, i, grads=dense, key=k_prune)
+        return new, bx.reset_regrown(opt_state, model, new)
+
+    @eqx.filter_jit
+    def evaluate(model, key):
+        def probs_of(m):
+            return jax.nn.softmax(jax.vmap(m)(x_te))
+
+        probs = model.predict(probs_of, key, hp["pred_samples"]) if bayes else probs_of(model)
+        return bx.classification_metrics(probs, y_te, num_bins=10), bx.sparsity_summary(model)["total"]
+
+    history = {"step": [], "accuracy": [], "sparsity": []}
+    keys = jax.random.split(key_run, steps + 1)
+    for i in tqdm(range(steps), desc=label, leave=False, mininterval=1.0):
+        model, opt_state = step(model, opt_state, jnp.asarray(i), keys[i])
+        if i % max(1, steps // 40) == 0 or i == steps - 1:
+            metrics, sparsity = evaluate(model, keys[-1])
+            history["step"].append(i)
+            history["accuracy"].append(float(metrics["accuracy"]))
+            history["sparsity"].append(float(sparsity))
+    metrics, sparsity = evaluate(model, keys[-1])
+    return history, {k: float(v) for k, v in metrics.items()} | {"sparsity": float(sparsity)}
+
+
+def report(results: dict, seeds: int) -> dict:
+    """Print `results[method] = [metrics per seed]` as a table: mean ± std over seeds of sparsity,
+    accuracy and NLL, and the paired (same seed) difference of accuracy and NLL to static sparse.
+    Returns the same figures."""
+    cols = ("accuracy", "nll")
+    print(f"\n{'method':<26}{'sparsity':>9}" + "".join(f"{c:>16}{'Δ ' + c:>18}" for c in cols)
+          + f"    ({seeds} seeds: mean ± std; Δ paired by seed against {BASELINE})")
+    summary = {}
+    for name, runs in results.items():
+        sparsity = np.array([r["sparsity"] for r in runs])
+        row = {"sparsity": (sparsity.mean(), sparsity.std())}
+        line = f"{name:<26}{sparsity.mean():>9.3f}"
+        for c in cols:
+            values = np.array([r[c] for r in runs])
+            row[c] = (values.mean(), values.std())
+            line += f"{values.mean():>9.4f} ± {values.std():.3f}"
+            if name == BASELINE:
+                line += " " * 18
+            else:
+                diff = values - np.array([r[c] for r in results[BASELINE]])
+                row["Δ " + c] = (diff.mean(), diff.std())
+                line += f"{diff.mean():>+10.4f} ± {diff.std():.3f}"
+        summary[name] = row
+        print(line)
+    return summary
+
+
+def plot(histories, path):
+    """Test accuracy over training, one line per method, and sparsity over training (seed 0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax_s) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, h in histories.items():
+        ax.plot(h["step"], h["accuracy"], label=name)
+        ax_s.plot(h["step"], h["sparsity"], label=name)
+    ax.set(xlabel="step", ylabel="test accuracy", ylim=(0.5, 1.0), title="test accuracy")
+    ax.legend(loc="lower right")
+    ax_s.set(xlabel="step", ylabel="sparsity", ylim=(0, 1), title="sparsity")
+    fig.suptitle(f"Digits MLP at {SPARSITY:.0%} sparsity (ERK): sparse training methods (seed 0)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--out", default="outputs")
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    data = load_digits_split(seed=0)
+    results, histories = {}, {}
+    for seed in range(args.seeds):
+        for name, (pruner, start, optimizer) in methods(args.steps).items():
+            history, final = train(pruner, start, optimizer, data, steps=args.steps, seed=seed,
+                                   label=f"{name} seed {seed}")
+            results.setdefault(name, []).append(final)
+            if seed == 0:
+                histories[name] = history
+            print(f"seed {seed}  {name:<26} " + "  ".join(f"{k} {v:.4f}" for k, v in final.items()), flush=True)
+    summary = report(results, args.seeds)
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "sparse_training.png")
+    plot(histories, path)
+    print(f"plot: {path}   time: {time.perf_counter() - t0:.1f} s")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
