@@ -81,8 +81,9 @@ class PeriodicSchedule(AbstractSchedule):
 
 
 class PolynomialSchedule(AbstractSchedule):
-    """Gradual pruning (Zhu & Gupta): every `every` steps from `start` to `end` (inclusive), at
-    sparsity `s·(1 − (1 − p)^power)` with `p = clip(step + 1 − start, 0, end − start)/(end − start)`.
+    """Gradual pruning (Zhu & Gupta): every `every` steps from `start`, and at `end` (so the target is
+    reached even when `end − start` is not a multiple of `every`), at sparsity
+    `s·(1 − (1 − p)^power)` with `p = clip(step + 1 − start, 0, end − start)/(end − start)`.
 
     **Arguments:**
 
@@ -103,7 +104,7 @@ class PolynomialSchedule(AbstractSchedule):
             raise ValueError(f"PolynomialSchedule needs end > start, got start=end={self.start}.")
 
     def is_update_step(self, step: Step) -> Bool[Array, ""]:
-        return _in_window(step, self.start, self.end, self.every)
+        return _in_window(step, self.start, self.end, self.every) | (jnp.asarray(step) == self.end)
 
     def sparsity(self, step: Step, target: float | Float[ArrayLike, ""]) -> Float[Array, ""]:
         span = self.end - self.start

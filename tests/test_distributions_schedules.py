@@ -1,3 +1,4 @@
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import pytest
@@ -64,3 +65,15 @@ def test_schedule_errors():
         bx.PolynomialSchedule(start=5, end=5)
     with pytest.raises(ValueError, match=r"end \(3\) must be >= start \(5\)"):
         bx.PolynomialSchedule(start=5, end=3)
+
+
+def test_polynomial_schedule_updates_at_its_end_off_the_grid():
+    sch = bx.PolynomialSchedule(start=0, end=45, every=50)  # 45 is not start + k·every
+    steps = [s for s in range(100) if bool(sch.is_update_step(s))]
+    assert steps == [0, 45]
+    assert float(sch.sparsity(45, 0.9)) == pytest.approx(0.9)
+    model = bx.Sparse(eqx.nn.MLP(8, 4, 16, 1, key=jax.random.key(0)))
+    pruner = bx.MagnitudePruning(sparsity=0.9, schedule=sch)
+    for s in range(60):
+        model = pruner.update(model, s)
+    assert float(bx.sparsity_summary(model)["total"]) == pytest.approx(0.9, abs=0.01)

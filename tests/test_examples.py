@@ -67,7 +67,8 @@ def test_sparse_training_runs(tmp_path):
 
     summary = sparse_training.main(["--steps", "60", "--seeds", "1", "--out", str(tmp_path)])
     assert (tmp_path / "sparse_training.png").stat().st_size > 1000
-    assert set(summary) == {"dense", "static sparse", "SET", "RigL", "gradual magnitude", "BMR drop-and-grow (IVON)"}
+    assert set(summary) == {"dense", "static sparse", "SET", "RigL", "gradual magnitude", "static sparse (IVON)",
+                            "RigL (IVON)", "BMR drop-and-grow (IVON)"}
     assert summary["dense"]["sparsity"][0] == 0.0
     for name, row in summary.items():
         assert 0.0 <= row["accuracy"][0] <= 1.0
