@@ -136,9 +136,11 @@ def reset_regrown(opt_state: PyTree, before: PyTree, after: PyTree) -> PyTree:
     Per-parameter moments are found structurally, in any optax state (adam/adamw's `mu` and `nu`,
     sgd's momentum `trace`, lion, chains, `inject_hyperparams`, `MultiSteps`' accumulated gradients,
     `multi_transform`, `masked_updates`, IVON's momentum): a floating array whose key path ends with
-    a parameter's path (the path in `bmr_eqx.trainable(model)`, or its plain path) and that has the
-    parameter's shape. Scalars (step counts, hyper-parameters) are left alone. A non-scalar floating
-    array that is no parameter's moment (e.g. adafactor's factored moments) raises a `ValueError`
+    a parameter's key path in `bmr_eqx.trainable(after)` (the longest such path) and that has the
+    parameter's shape. So initialise the optimizer on the model you pass here (`trainable(model)`,
+    or the model itself for `masked_updates` and `ivon`). Scalars (step counts, hyper-parameters)
+    are left alone. A non-scalar floating array that is no parameter's moment (adafactor's factored
+    moments, or the state of an optimizer initialised on part of the model) raises a `ValueError`
     naming the state type, since its regrown entries could not be reset.
 
     Call it after every mask update of a drop-and-grow pruner (it costs one `where` per moment);
@@ -152,13 +154,10 @@ def reset_regrown(opt_state: PyTree, before: PyTree, after: PyTree) -> PyTree:
     **Returns:** the optimizer state, same structure.
     """
     pb, pa = trainable_params(before), trainable_params(after)
-    if [p.path for p in pb] != [p.path for p in pa]:
+    if [(p.path, p.leaf.shape) for p in pb] != [(p.path, p.leaf.shape) for p in pa]:
         raise ValueError("before and after must be the same model before and after pruner.update (their leaves differ).")
     full = [_key_str(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(trainable(after))[0]]
-    names: dict[str, int] = {}
-    for i, (p, f) in enumerate(zip(pa, full)):
-        names[f] = i
-        names["." + p.path if not p.path.startswith("[") else p.path] = i
+    names = {f: i for i, f in enumerate(full)}
     grown = [None if (a.mask is None or b.mask is None) else a.mask & ~b.mask for a, b in zip(pa, pb)]
     flat, treedef = jax.tree_util.tree_flatten_with_path(opt_state)
     out, unmatched = [], []
@@ -178,7 +177,9 @@ def reset_regrown(opt_state: PyTree, before: PyTree, after: PyTree) -> PyTree:
         where = sorted({f"{_owner_type(opt_state, kp)} at `{_key_str(kp)}`" for kp in unmatched})[:5]
         raise ValueError(
             f"reset_regrown cannot tell which parameter these optimizer-state arrays belong to: {where}. Their "
-            "regrown entries would keep stale moments. Use an optimizer whose per-parameter state mirrors the "
-            "parameters (adam, sgd with momentum, lion, ...), initialised on `bmr_eqx.trainable(model)`."
+            "regrown entries would keep stale moments. Initialise the optimizer on `bmr_eqx.trainable(model)` of "
+            "the model passed as before/after (for an optimizer of a sub-model, pass that sub-model before and "
+            "after the update), and use one whose per-parameter state mirrors the parameters (adam, sgd with "
+            "momentum, lion, ...)."
         )
     return treedef.unflatten(out)

@@ -238,8 +238,8 @@ def SteBMRPruning(
 ) -> Pruner:
     """BMR with straight-through masks: pruned weights keep receiving gradients and may come back when
     their ΔF drops. Needs `Posterior(Sparse(model, straight_through=True), ...)`; like every
-    straight-through pruner, `update` recomputes the mask at every step, at the sparsity `schedule`
-    puts in force then.
+    straight-through pruner, `update` recomputes the mask at every step from the schedule's first
+    update step on, at the sparsity the schedule puts in force then.
 
     **Arguments:**
 
@@ -361,8 +361,8 @@ def SteMagnitudePruning(
 
     Build the model as `Sparse(model, straight_through=True)`: the forward pass sees the masked
     weights, the dense weights keep training (gradients pass straight through the mask), and
-    `update` recomputes the mask from them at every step, at the sparsity `schedule` puts in force
-    then (the schedule's update steps do not matter here).
+    `update` recomputes the mask from them at every step from the schedule's first update step on
+    (`every` does not matter here), at the sparsity the schedule puts in force then.
 
     **Arguments:**
 
@@ -386,8 +386,8 @@ def SteRandomPruning(
 
     Build the model as `Sparse(model, straight_through=True)`: the forward pass sees the masked
     weights, the dense weights keep training (gradients pass straight through the mask), and
-    `update` recomputes the mask from them at every step, at the sparsity `schedule` puts in force
-    then (the schedule's update steps do not matter here).
+    `update` recomputes the mask from them at every step from the schedule's first update step on
+    (`every` does not matter here), at the sparsity the schedule puts in force then.
 
     **Arguments:**
 
@@ -409,8 +409,8 @@ def StaticRandomSparse(
 ) -> Pruner:
     """Static sparse training: a random mask drawn once, at each leaf's sparsity under
     `distribution` (exact counts: `round(n·(1 − s))` kept, at least one), never changed again.
-    Draw it with `prune(model, key=...)` before training (or let `update` draw it at step 0), and
-    train with `masked_updates` so pruned weights stay at 0.
+    Draw it with `prune(model, key=...)` before training, and train with `masked_updates` so
+    pruned weights stay at 0; `update` never changes it and needs no key.
 
     **Arguments:**
 
@@ -421,7 +421,7 @@ def StaticRandomSparse(
 
     **Returns:** a `Pruner`.
     """
-    return _topk(Random(), sparsity, distribution, sparsity_type, OneShotSchedule(0), True, keep_dense)
+    return _topk(Random(), sparsity, distribution, sparsity_type, NoUpdateSchedule(), True, keep_dense)
 
 
 def _drop_and_grow(drop: AbstractScore, grow: AbstractScore, sparsity, distribution, sparsity_type, drop_fraction,

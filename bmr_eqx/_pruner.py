@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Int, PRNGKeyArray
 
 from ._posterior import Posterior, data_curvature
-from ._schedules import AbstractSchedule, OneShotSchedule
+from ._schedules import AbstractSchedule, NoUpdateSchedule, OneShotSchedule
 from ._scores import AbstractScore, Leaf
 from ._selection import AbstractSelection, AbstractStructure, Channel, Unit, Unstructured
 from ._sites import Site, find_sites, join_path, no_sparse_error, replace_sites
@@ -74,7 +74,7 @@ class Pruner(eqx.Module):
     - `score`: what is important (`Magnitude()`, `Saliency()`, `Random()`, `Evidence()`, ... or
       your own `AbstractScore`);
     - `selection`: which groups are kept (`TopK(sparsity, distribution)`, `NByM(n, m)`,
-      `Threshold(value)`, `SpikeAndSlab()`);
+      `Threshold(value)`, `SpikeAndSlab()`, `DropAndGrow(grow, ...)`);
     - `structure`: which entries go together (`Unstructured()`, `Block(shape)`, `Channel(axis)`);
     - `schedule`: when masks are recomputed and at which fraction of the target
       (default `OneShotSchedule(0)`);
@@ -82,8 +82,9 @@ class Pruner(eqx.Module):
     - `keep_dense`: paths of prunable leaves this pruner leaves dense (e.g. a classifier head,
       `("head.weight",)`), whatever the selection;
     - `straight_through`: the pruner expects `Sparse(..., straight_through=True)` models (pruned
-      weights keep training and may come back) and raises otherwise; it recomputes the masks at
-      every step of `update`, at the sparsity the schedule puts in force then.
+      weights keep training and may come back) and raises otherwise; `update` recomputes the
+      masks at every step from the schedule's first update step on, at the sparsity the schedule
+      puts in force then.
     """
 
     score: AbstractScore
@@ -120,8 +121,12 @@ class Pruner(eqx.Module):
         sites = find_sites(model, grads)
         if not sites:
             raise no_sparse_error(model)
-        # one-shot pruning only ranks by the score (a drop-and-grow selection grows nothing then)
-        requires = set(self.score.requires) if one_shot else self._requires()
+        # one-shot pruning only ranks by the score (a drop-and-grow selection grows nothing then);
+        # a schedule that never updates needs nothing
+        if isinstance(self.schedule, NoUpdateSchedule) and not one_shot:
+            requires = set()
+        else:
+            requires = set(self.score.requires) if one_shot else self._requires()
         score_name = type(self.score).__name__
         if "grad" in requires and grads is None:
             if "grad" in self.selection.requires:
@@ -248,9 +253,11 @@ class Pruner(eqx.Module):
         """Recompute the masks if the schedule says so at `step`; otherwise return `model` unchanged.
 
         Works inside `eqx.filter_jit` with a traced `step` (the recomputation runs under `lax.cond`,
-        which carries only the masks). Only the masks change: the forward pass sees newly pruned
-        weights as exactly 0 at once, and `masked_updates` / `ivon` set their stored values to
-        exactly 0 at the next step.
+        which carries only the masks). The masks change, not the weights: the forward pass sees
+        newly pruned weights as exactly 0 at once, and `masked_updates` / `ivon` set their stored
+        values to exactly 0 at the next step. The one exception is a selection that regrows
+        (`DropAndGrow`): regrown weights are set to exactly 0 and their posterior curvature back
+        to `hess_init`.
 
         **Arguments:**
 
@@ -263,8 +270,9 @@ class Pruner(eqx.Module):
         """
         sites, entries = self._entries(model, grads, key)
         step = jnp.asarray(step)
-        # straight-through masks follow the dense weights at every step; the schedule sets the sparsity
-        do = True if self.straight_through else self.schedule.is_update_step(step)
+        # straight-through masks follow the dense weights at every step once the schedule has started;
+        # the schedule sets the sparsity
+        do = self.schedule.has_started(step) if self.straight_through else self.schedule.is_update_step(step)
         old = [e.leaf.mask for e in entries]
 
         def recompute():

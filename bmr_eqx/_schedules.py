@@ -21,11 +21,19 @@ class AbstractSchedule(eqx.Module):
         """The sparsity in force at `step` for a leaf whose final sparsity is `target`."""
         return jnp.asarray(target, jnp.float32)
 
+    def has_started(self, step: Step) -> Bool[Array, ""]:
+        """Whether pruning has begun by `step` (its first update step has come). Straight-through
+        pruners recompute their masks at every step from then on."""
+        return jnp.asarray(step) >= getattr(self, "start", 0)
+
 
 class NoUpdateSchedule(AbstractSchedule):
     """Masks never change during training (static sparse training; set them with `prune`)."""
 
     def is_update_step(self, step: Step) -> Bool[Array, ""]:
+        return jnp.zeros((), bool)
+
+    def has_started(self, step: Step) -> Bool[Array, ""]:
         return jnp.zeros((), bool)
 
 
@@ -41,6 +49,9 @@ class OneShotSchedule(AbstractSchedule):
 
     def is_update_step(self, step: Step) -> Bool[Array, ""]:
         return jnp.asarray(step) == self.step
+
+    def has_started(self, step: Step) -> Bool[Array, ""]:
+        return jnp.asarray(step) >= self.step
 
 
 def _check_window(start: int, end: int | None, every: int) -> None:

@@ -281,10 +281,14 @@ class DropAndGrow(AbstractSelection):
     `GradientMagnitude()` of the gradient with respect to the masked weights for RigL). A weight
     dropped in this update is not regrown in it, and regrown weights start at exactly 0.
 
-    The number of active weights per leaf (per group of `m` for `n_by_m`) never changes; a leaf
-    denser than its target is first pruned to it by the drop score (so `prune` gives the start
-    mask), and a leaf sparser than its target stays as sparse. The drop count is
+    After every update each leaf has exactly its target number of active weights (`n` per group of
+    `m` with `n_by_m`), so at constant sparsity the count never changes: a leaf (group) denser than
+    its target is first pruned to it by the drop score, and one sparser than its target grows the
+    difference by the grow score (the sparsity is the target throughout; the schedule says only
+    when to update). One-shot `prune` only prunes to the target, growing nothing. The drop count is
     `floor(fraction·active)` per leaf, limited so that enough inactive weights are left to regrow.
+    A gradient grow score checks that the gradient is dense: the gradient of a `Sparse` model is 0
+    at every pruned weight, so RigL needs it taken through `bmr_eqx.straight_through`.
 
     **Arguments:**
 
@@ -294,7 +298,7 @@ class DropAndGrow(AbstractSelection):
     - `n_by_m`: an `NByM(n, m, axis)` to keep the mask N:M through drop and grow (drops are chosen
       over the whole leaf, and each group regrows as many as it lost, within the group).
     - `drop_fraction`: the fraction dropped at `start`, in `[0, 1]` (default 0.3).
-    - `decay`: `"cosine"` (default: decays to 0 at `end`, as in the RigL paper) or `"constant"`.
+    - `drop_decay`: `"cosine"` (default: decays to 0 at `end`, as in the RigL paper) or `"constant"`.
     - `start`, `end`: the window of the decay (the presets copy their schedule's window; with
       `end=None` the fraction stays at `drop_fraction`).
     """
@@ -304,7 +308,7 @@ class DropAndGrow(AbstractSelection):
     distribution: Distribution = eqx.field(default="uniform", converter=as_distribution)
     n_by_m: NByM | None = None
     drop_fraction: float = 0.3
-    decay: str = "cosine"
+    drop_decay: str = "cosine"
     start: int = 0
     end: int | None = None
     regrows: ClassVar[bool] = True
@@ -317,8 +321,8 @@ class DropAndGrow(AbstractSelection):
             raise ValueError(
                 f"drop_fraction must be a number in [0, 1] (the fraction of active weights dropped per update), got {f!r}."
             )
-        if self.decay not in ("cosine", "constant"):
-            raise ValueError(f"decay must be 'cosine' or 'constant', got {self.decay!r}.")
+        if self.drop_decay not in ("cosine", "constant"):
+            raise ValueError(f"drop_decay must be 'cosine' or 'constant', got {self.drop_decay!r}.")
         if self.n_by_m is None and self.sparsity is None and not isinstance(self.distribution, dict):
             raise ValueError("Drop-and-grow needs a target: pass sparsity=<number in [0, 1)> (or n_by_m=NByM(n, m)).")
         if self.n_by_m is not None and self.sparsity is not None:
@@ -328,8 +332,8 @@ class DropAndGrow(AbstractSelection):
                 "Drop-and-grow keeps every leaf's sparsity constant; distribution='global' moves weights between "
                 "leaves. Use 'uniform', 'erk' or a per-path dict."
             )
-        if self.end is not None and self.end <= self.start:
-            raise ValueError(f"end ({self.end}) must be > start ({self.start}).")
+        if self.end is not None and self.end < self.start:
+            raise ValueError(f"The drop-and-grow window must have end >= start, got start={self.start}, end={self.end}.")
 
     @property
     def requires(self) -> tuple[str, ...]:
@@ -344,9 +348,9 @@ class DropAndGrow(AbstractSelection):
 
     def fraction(self, step: Any) -> Array:
         """The drop fraction at `step`."""
-        if self.decay == "constant" or self.end is None:
+        if self.drop_decay == "constant" or self.end is None:
             return jnp.asarray(self.drop_fraction, jnp.float32)
-        p = jnp.clip((jnp.asarray(step, jnp.float32) - self.start) / (self.end - self.start), 0.0, 1.0)
+        p = jnp.clip((jnp.asarray(step, jnp.float32) - self.start) / max(self.end - self.start, 1), 0.0, 1.0)
         return self.drop_fraction * 0.5 * (1.0 + jnp.cos(jnp.pi * p))
 
     def select(self, units: Sequence[Unit], sparsity_at: SparsityAt, step: Any = None) -> list[Array | None]:
@@ -354,19 +358,33 @@ class DropAndGrow(AbstractSelection):
         if self.n_by_m is not None:
             return [self._nm(u, f) for u in units]
         shapes = {u.leaf.path: tuple(u.leaf.weight.shape) for u in units}
-        targets = leaf_sparsities(shapes, self.sparsity, self.distribution)
-        return [None if targets[u.leaf.path] is None else self._unstructured(u, sparsity_at(targets[u.leaf.path]), f)
+        targets = leaf_sparsities(shapes, self.sparsity, self.distribution)  # exact counts: Python floats
+        return [None if targets[u.leaf.path] is None else self._unstructured(u, targets[u.leaf.path], f)
                 for u in units]
 
-    def _unstructured(self, u: Unit, sparsity: Any, f: Array | None) -> Array:
+    def _grow_scores(self, u: Unit, candidates: Array) -> Array:
+        g = self.grow(u.leaf)
+        if "grad" in self.grow.requires:  # the gradient of a Sparse model is 0 wherever it is pruned
+            masked_looking = jnp.any(candidates) & jnp.all(jnp.where(candidates, u.leaf.grad == 0, True)) & jnp.any(
+                jnp.where(candidates, False, u.leaf.grad != 0))
+            g = eqx.error_if(
+                g, masked_looking,
+                f"The gradient of `{u.leaf.path}` is 0 at every pruned weight but not at the kept ones: it is the "
+                "gradient of the masked model, which cannot say what to grow. Take it through "
+                "bmr_eqx.straight_through: eqx.filter_grad(lambda m: loss(bmr_eqx.straight_through(m), ...))(model).",
+            )
+        return g
+
+    def _unstructured(self, u: Unit, target: float, f: Array | None) -> Array:
         mask, size = u.leaf.mask, u.leaf.mask.size
         active = jnp.sum(mask, dtype=jnp.int32)
-        base = jnp.minimum(active, keep_count(size, sparsity))
+        want = keep_count(size, target)
+        base = jnp.minimum(active, want)
         if f is None:
             return top_count_mask(u.scores, base, among=mask)
-        n_drop = jnp.minimum(jnp.floor(f * base).astype(jnp.int32), size - active)
+        n_drop = jnp.minimum(jnp.floor(f * base).astype(jnp.int32), size - active - (want - base))
         kept = top_count_mask(u.scores, base - n_drop, among=mask)
-        grown = top_count_mask(self.grow(u.leaf), n_drop, among=~mask)
+        grown = top_count_mask(self._grow_scores(u, ~mask), n_drop + want - base, among=~mask)
         return kept | grown
 
     def _nm(self, u: Unit, f: Array | None) -> Array:
@@ -394,11 +412,13 @@ class DropAndGrow(AbstractSelection):
         total = jnp.sum(base, dtype=jnp.int32)
         n_drop = jnp.floor(f * total).astype(jnp.int32)
         dropped = base & ~top_count_mask(drop_s, total - n_drop, among=base)
-        # a group can regrow at most its inactive entries: undrop the best of the rest
-        room = jnp.sum(~mask, axis=-1, keepdims=True)
+        # a group short of n grows the difference; it regrows what it dropped within what is left of
+        # its inactive entries (undropping the best of the rest)
+        deficit = nm.n - jnp.sum(base, axis=-1, keepdims=True)
+        room = jnp.sum(~mask, axis=-1, keepdims=True) - deficit
         dropped = dropped & (rank_along_last(jnp.where(dropped, -drop_s, -jnp.inf)) < room)  # lowest first
-        count = jnp.sum(dropped, axis=-1, keepdims=True)
-        grow_s = jnp.where(mask, -jnp.inf, _finite(groups(self.grow(u.leaf))))
+        count = jnp.sum(dropped, axis=-1, keepdims=True) + deficit
+        grow_s = jnp.where(mask, -jnp.inf, _finite(groups(self._grow_scores(u, ~u.leaf.mask))))
         grown = ~mask & (rank_along_last(grow_s) < count)
         return ungroup((base & ~dropped) | grown)
 

@@ -78,8 +78,9 @@ class Sparse(AbstractWrapper):
     their values inside `eqx.filter_jit` never recompiles.
 
     The stored weights of pruned entries are set to exactly 0 by `pruner.prune`, and by
-    `masked_updates` / `ivon` at their first step after a `pruner.update` (which changes only the
-    masks). The forward pass sees 0 either way.
+    `masked_updates` / `ivon` at their first step after a `pruner.update` (which changes the
+    masks, not the weights, apart from setting regrown weights to 0). The forward pass sees 0
+    either way.
 
     **Arguments:**
 

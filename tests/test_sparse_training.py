@@ -288,6 +288,19 @@ def test_ivon_regrown_momentum_and_curvature_reset():
     assert float(jnp.abs(jnp.where(grown, new.mean.model.layers[1].weight, 0)).max()) == 0
 
 
+def test_reset_regrown_refuses_an_optimizer_of_part_of_the_model():
+    class Two(eqx.Module):
+        a: eqx.nn.Linear
+        b: dict
+
+    net = bx.Sparse(Two(eqx.nn.Linear(4, 4, key=jax.random.key(0)), {"a": eqx.nn.Linear(4, 4, key=jax.random.key(1))}))
+    state = optax.adam(1e-2).init(bx.trainable(net).model.b)  # paths end like `a.weight`, but of b["a"]
+    with pytest.raises(ValueError, match="sub-model"):
+        bx.reset_regrown(state, net, net)
+    full = optax.adam(1e-2).init(bx.trainable(net))
+    assert jax.tree.structure(bx.reset_regrown(full, net, net)) == jax.tree.structure(full)
+
+
 def test_reset_regrown_refuses_state_it_cannot_map():
     model = bx.Sparse(mlp(width=32))
     opt = optax.adafactor(1e-2, min_dim_size_to_factor=8)
@@ -334,6 +347,15 @@ def test_ste_keeps_dense_weights_and_moves_masks(alg, model_name):
         pruner.update(bx.Sparse(model), 0, key=jax.random.key(0))
 
 
+def test_ste_waits_for_the_schedule_to_start():
+    sparse = bx.Sparse(mlp(), straight_through=True)
+    for schedule in (bx.OneShotSchedule(5), bx.PeriodicSchedule(every=1, start=5), bx.NoUpdateSchedule()):
+        pruner = bx.SteMagnitudePruning(sparsity=0.5, schedule=schedule)
+        assert float(bx.sparsity_summary(pruner.update(sparse, 0))["total"]) == 0.0
+        later = float(bx.sparsity_summary(pruner.update(sparse, 7))["total"])
+        assert later == (0.0 if isinstance(schedule, bx.NoUpdateSchedule) else pytest.approx(0.5, abs=0.01))
+
+
 @pytest.mark.parametrize("model_name", ["mlp", "cnn", "transformer"])
 def test_static_random_masks_never_change(model_name):
     model, state = build(model_name)
@@ -355,6 +377,7 @@ def test_static_random_masks_never_change(model_name):
         return pruner.update(eqx.apply_updates(m, updates), i + 1, key=key), state, opt_state
 
     start = dict(sparse.masks)
+    assert pruner.update(sparse, 3).masks == sparse.masks  # no key needed: the mask never changes
     for i in range(5):
         sparse, state, opt_state = step(sparse, state, opt_state, jnp.asarray(i), jax.random.key(i))
     w = weights_of(sparse)
@@ -374,7 +397,7 @@ def test_static_random_exact_small_count():
 
 def test_bad_input_is_a_clear_error():
     model = bx.StaticRandomSparse(sparsity=0.75).prune(bx.Sparse(mlp()), key=jax.random.key(0))
-    for f in (-0.1, 1.5, True):
+    for f in (-0.1, 1.5):
         with pytest.raises(ValueError, match="drop_fraction must be a number in \\[0, 1\\]"):
             bx.RigL(sparsity=0.5, drop_fraction=f)
     for kind in ("block", "channel"):
@@ -390,5 +413,36 @@ def test_bad_input_is_a_clear_error():
         bx.BMRDropAndGrow(sparsity=0.5, grow="saliency")
     with pytest.raises(ValueError, match="needs a target"):
         bx.RigL()
+    bx.SET(sparsity=0.5, schedule=bx.PeriodicSchedule(every=1, start=5, end=5))  # a one-update window is fine
+    masked = eqx.filter_grad(lambda m: stateless_loss(m, *mlp_batch()))(model)  # forgot straight_through
+    with pytest.raises(Exception, match="straight_through"):
+        bx.RigL(sparsity=0.75, schedule=EVERY).update(model, 0, grads=masked)
     with pytest.raises(ValueError, match="before and after"):
         bx.reset_regrown(optax.adam(1e-2).init(bx.trainable(model)), model, bx.Sparse(mlp(width=8)))
+
+
+def test_counts_exact_where_float32_rounding_differs():
+    lin = eqx.nn.Linear(5, 3, key=jax.random.key(0))  # 15 weights at 0.7: round(4.5000000001) = 5 kept
+    m = bx.StaticRandomSparse(sparsity=0.7).prune(bx.Sparse(lin), key=jax.random.key(1))
+    assert int(m.masks["weight"].sum()) == 5
+    for pruner in (bx.SET(sparsity=0.7, schedule=EVERY), bx.RigL(sparsity=0.7, schedule=EVERY)):
+        grads = eqx.filter_grad(lambda mm: jnp.sum(bx.straight_through(mm)(jnp.ones(5)) ** 2))(m)
+        assert int(pruner.update(m, 0, key=jax.random.key(2), grads=grads).masks["weight"].sum()) == 5
+
+
+def test_nm_from_an_unstructured_start_reaches_n_per_group():
+    m = bx.StaticRandomSparse(sparsity=0.5).prune(bx.Sparse(eqx.nn.MLP(8, 4, 8, 1, key=jax.random.key(0))),
+                                                  key=jax.random.key(1))
+    x = jax.random.normal(jax.random.key(2), (16, 8))
+    dense = eqx.filter_grad(lambda mm: jnp.sum(jax.vmap(bx.straight_through(mm))(x) ** 2))(m)
+    new = bx.RigL(sparsity_type="2:4", schedule=EVERY).update(m, 0, grads=dense)
+    for p, mask in new.masks.items():
+        assert (np.asarray(mask).reshape(*mask.shape[:-1], -1, 4).sum(-1) == 2).all(), p
+
+
+def test_sparser_leaf_grows_to_its_target():
+    m = bx.StaticRandomSparse(sparsity=0.9).prune(bx.Sparse(mlp()), key=jax.random.key(0))
+    new = bx.SET(sparsity=0.75, schedule=EVERY).update(m, 0, key=jax.random.key(1))
+    for p, mask in new.masks.items():
+        assert int(mask.sum()) == keep_count(mask.size, 0.75)
+        assert int((m.masks[p] & ~mask).sum()) <= int(0.3 * int(m.masks[p].sum()))  # at most the drop fraction
