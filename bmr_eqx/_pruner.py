@@ -121,12 +121,8 @@ class Pruner(eqx.Module):
         sites = find_sites(model, grads)
         if not sites:
             raise no_sparse_error(model)
-        # one-shot pruning only ranks by the score (a drop-and-grow selection grows nothing then);
-        # a schedule that never updates needs nothing
-        if isinstance(self.schedule, NoUpdateSchedule) and not one_shot:
-            requires = set()
-        else:
-            requires = set(self.score.requires) if one_shot else self._requires()
+        # one-shot pruning only ranks by the score (a drop-and-grow selection grows nothing then)
+        requires = set(self.score.requires) if one_shot else self._requires()
         score_name = type(self.score).__name__
         if "grad" in requires and grads is None:
             if "grad" in self.selection.requires:
@@ -268,6 +264,16 @@ class Pruner(eqx.Module):
 
         **Returns:** the model with new masks (same structure).
         """
+        if isinstance(self.schedule, NoUpdateSchedule):  # masks never change: nothing to check or compute
+            if not find_sites(model):
+                raise no_sparse_error(model)
+            return model
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((model, step))):
+            return self._update(model, step, grads, key)
+        # called eagerly: compile the whole update once rather than op by op
+        return _update_jit(self, model, jnp.asarray(step), grads, key)
+
+    def _update(self, model: PyTree, step: Any, grads: PyTree, key: PRNGKeyArray | None) -> PyTree:
         sites, entries = self._entries(model, grads, key)
         step = jnp.asarray(step)
         # straight-through masks follow the dense weights at every step once the schedule has started;
@@ -336,6 +342,11 @@ def _reset_curvature(model: PyTree, entries: Sequence[_Entry], regrown: Sequence
         return eqx.tree_at(lambda p: p.hess, node, hess)
 
     return jax.tree.map(fix, model, is_leaf=lambda x: isinstance(x, Posterior))
+
+
+@eqx.filter_jit
+def _update_jit(pruner: Pruner, model: PyTree, step: Array, grads: PyTree, key: PRNGKeyArray | None) -> PyTree:
+    return pruner._update(model, step, grads, key)
 
 
 @eqx.filter_jit
