@@ -270,8 +270,14 @@ class Pruner(eqx.Module):
             return model
         if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((model, step))):
             return self._update(model, step, grads, key)
-        # called eagerly: compile the whole update once rather than op by op
-        return _update_jit(self, model, jnp.asarray(step), grads, key)
+        # called eagerly: nothing to do off the schedule's update steps; on them, compile the whole
+        # update once rather than op by op
+        step = jnp.asarray(step)
+        do = self.schedule.has_started(step) if self.straight_through else self.schedule.is_update_step(step)
+        if not bool(do):
+            self._entries(model, grads, key)  # the same checks as on an update step
+            return model
+        return _update_jit(self, model, step, grads, key)
 
     def _update(self, model: PyTree, step: Any, grads: PyTree, key: PRNGKeyArray | None) -> PyTree:
         sites, entries = self._entries(model, grads, key)

@@ -355,27 +355,35 @@ class DropAndGrow(AbstractSelection):
 
     def select(self, units: Sequence[Unit], sparsity_at: SparsityAt, step: Any = None) -> list[Array | None]:
         f = None if step is None else self.fraction(step)  # None: only prune to the target (one-shot)
+        check = self._masked_gradient_check(units) if f is not None and "grad" in self.grow.requires else None
         if self.n_by_m is not None:
-            return [self._nm(u, f) for u in units]
+            return [self._nm(u, f, check) for u in units]
         shapes = {u.leaf.path: tuple(u.leaf.weight.shape) for u in units}
         targets = leaf_sparsities(shapes, self.sparsity, self.distribution)  # exact counts: Python floats
-        return [None if targets[u.leaf.path] is None else self._unstructured(u, targets[u.leaf.path], f)
+        return [None if targets[u.leaf.path] is None else self._unstructured(u, targets[u.leaf.path], f, check)
                 for u in units]
 
-    def _grow_scores(self, u: Unit, candidates: Array) -> Array:
-        g = self.grow(u.leaf)
-        if "grad" in self.grow.requires:  # the gradient of a Sparse model is 0 wherever it is pruned
-            masked_looking = jnp.any(candidates) & jnp.all(jnp.where(candidates, u.leaf.grad == 0, True)) & jnp.any(
-                jnp.where(candidates, False, u.leaf.grad != 0))
-            g = eqx.error_if(
-                g, masked_looking,
-                f"The gradient of `{u.leaf.path}` is 0 at every pruned weight but not at the kept ones: it is the "
-                "gradient of the masked model, which cannot say what to grow. Take it through "
-                "bmr_eqx.straight_through: eqx.filter_grad(lambda m: loss(bmr_eqx.straight_through(m), ...))(model).",
-            )
-        return g
+    @staticmethod
+    def _masked_gradient_check(units: Sequence[Unit]) -> Array:
+        """A zero scalar that raises at run time if the gradient is 0 at every pruned weight of every
+        leaf but not at every kept one: the gradient of the masked model, which cannot say what to
+        grow (a few inactive entries with zero gradient are normal: dead units)."""
+        inactive = [~u.leaf.mask for u in units]
+        any_inactive = jnp.any(jnp.stack([jnp.any(m) for m in inactive]))
+        all_zero = jnp.all(jnp.stack([jnp.all(jnp.where(m, u.leaf.grad == 0, True)) for u, m in zip(units, inactive)]))
+        kept_moves = jnp.any(jnp.stack([jnp.any(jnp.where(m, False, u.leaf.grad != 0)) for u, m in zip(units, inactive)]))
+        return eqx.error_if(
+            jnp.zeros((), jnp.float32), any_inactive & all_zero & kept_moves,
+            "The gradient given to a drop-and-grow pruner is 0 at every pruned weight but not at the kept ones: "
+            "it is the gradient of the masked model, which cannot say what to grow. Take it through "
+            "bmr_eqx.straight_through: eqx.filter_grad(lambda m: loss(bmr_eqx.straight_through(m), ...))(model).",
+        )
 
-    def _unstructured(self, u: Unit, target: float, f: Array | None) -> Array:
+    def _grow_scores(self, u: Unit, check: Array | None) -> Array:
+        g = self.grow(u.leaf)
+        return g if check is None else g + check.astype(g.dtype)  # ties the run-time check to the result
+
+    def _unstructured(self, u: Unit, target: float, f: Array | None, check: Array | None) -> Array:
         mask, size = u.leaf.mask, u.leaf.mask.size
         active = jnp.sum(mask, dtype=jnp.int32)
         want = keep_count(size, target)
@@ -384,10 +392,10 @@ class DropAndGrow(AbstractSelection):
             return top_count_mask(u.scores, base, among=mask)
         n_drop = jnp.minimum(jnp.floor(f * base).astype(jnp.int32), size - active - (want - base))
         kept = top_count_mask(u.scores, base - n_drop, among=mask)
-        grown = top_count_mask(self._grow_scores(u, ~mask), n_drop + want - base, among=~mask)
+        grown = top_count_mask(self._grow_scores(u, check), n_drop + want - base, among=~mask)
         return kept | grown
 
-    def _nm(self, u: Unit, f: Array | None) -> Array:
+    def _nm(self, u: Unit, f: Array | None, check: Array | None) -> Array:
         nm = self.n_by_m
         shape, path = tuple(u.scores.shape), u.leaf.path
         if not -len(shape) <= nm.axis < len(shape) or shape[nm.axis] % nm.m:
@@ -418,7 +426,7 @@ class DropAndGrow(AbstractSelection):
         room = jnp.sum(~mask, axis=-1, keepdims=True) - deficit
         dropped = dropped & (rank_along_last(jnp.where(dropped, -drop_s, -jnp.inf)) < room)  # lowest first
         count = jnp.sum(dropped, axis=-1, keepdims=True) + deficit
-        grow_s = jnp.where(mask, -jnp.inf, _finite(groups(self._grow_scores(u, ~u.leaf.mask))))
+        grow_s = jnp.where(mask, -jnp.inf, _finite(groups(self._grow_scores(u, check))))
         grown = ~mask & (rank_along_last(grow_s) < count)
         return ungroup((base & ~dropped) | grown)
 
