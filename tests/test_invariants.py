@@ -81,7 +81,13 @@ def _grads(model_name, model, state, x, y):
     return eqx.filter_grad(lambda m: loss_for(model_name)(m, state, x, y, jax.random.key(3))[0])(model)
 
 
-CASES = [(a, m) for m in ("mlp", "cnn", "transformer") for a in ALGORITHMS]
+# every algorithm on the MLP and the CNN; on the transformer a representative few by default (the
+# rest with -m slow)
+TRANSFORMER_DEFAULT = ("magnitude", "magnitude-2:4", "magnitude-channel", "bmr", "bmr-global", "bmr-adaptive-channel")
+CASES = [(a, m) for m in ("mlp", "cnn") for a in ALGORITHMS] + [
+    (a, "transformer") if a in TRANSFORMER_DEFAULT else pytest.param(a, "transformer", marks=pytest.mark.slow)
+    for a in ALGORITHMS
+]
 TRAINING_CASES = [
     ("magnitude", "mlp"), ("magnitude-2:4", "mlp"), ("random", "mlp"),
     ("magnitude-channel", "cnn"), ("saliency-global", "cnn"), ("bmr-adaptive-channel", "cnn"),
