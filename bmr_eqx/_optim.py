@@ -13,6 +13,7 @@ from ._tree import (
     PyTree,
     flatten_like_trainable,
     keep_pruned_at_zero,
+    nodes_on_path,
     trainable,
     trainable_params,
     unflatten_like_trainable,
@@ -111,22 +112,8 @@ def _key_str(path: tuple) -> str:
 
 def _owner_type(tree: Any, path: tuple) -> str:
     """The name of the innermost NamedTuple (an optax state type) on `path` in `tree`."""
-    node, name = tree, type(tree).__name__
-    for k in path:
-        try:
-            if isinstance(k, jax.tree_util.GetAttrKey):
-                node = getattr(node, k.name)
-            elif isinstance(k, jax.tree_util.SequenceKey):
-                node = node[k.idx]
-            elif isinstance(k, jax.tree_util.DictKey):
-                node = node[k.key]
-            else:
-                break
-        except (AttributeError, IndexError, KeyError, TypeError):
-            break
-        if isinstance(node, tuple) and hasattr(node, "_fields"):
-            name = type(node).__name__
-    return name
+    names = [type(n).__name__ for n in nodes_on_path(tree, path) if isinstance(n, tuple) and hasattr(n, "_fields")]
+    return names[-1] if names else type(tree).__name__
 
 
 def reset_regrown(opt_state: PyTree, before: PyTree, after: PyTree) -> PyTree:

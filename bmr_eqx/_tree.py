@@ -157,10 +157,10 @@ def _norm_layers() -> tuple[type, ...]:
     return (eqx.nn.LayerNorm, eqx.nn.RMSNorm, eqx.nn.GroupNorm, eqx.nn.BatchNorm)
 
 
-def _parent(root: PyTree, keypath: KeyPath) -> Any:
-    """The node that holds the leaf at `keypath` (None if it cannot be followed)."""
-    node = root
-    for k in keypath[:-1]:
+def nodes_on_path(root: PyTree, keypath: KeyPath) -> list[Any]:
+    """The nodes met following `keypath` from `root` (root excluded), as far as it can be followed."""
+    node, out = root, []
+    for k in keypath:
         try:
             if isinstance(k, jax.tree_util.GetAttrKey):
                 node = getattr(node, k.name)
@@ -169,10 +169,19 @@ def _parent(root: PyTree, keypath: KeyPath) -> Any:
             elif isinstance(k, jax.tree_util.DictKey):
                 node = node[k.key]
             else:
-                return None
+                break
         except (AttributeError, IndexError, KeyError, TypeError):
-            return None
-    return node
+            break
+        out.append(node)
+    return out
+
+
+def _parent(root: PyTree, keypath: KeyPath) -> Any:
+    """The node that holds the leaf at `keypath` (None if it cannot be followed)."""
+    if not keypath[:-1]:
+        return root
+    nodes = nodes_on_path(root, keypath[:-1])
+    return nodes[-1] if len(nodes) == len(keypath) - 1 else None
 
 
 def is_default_prunable(root: PyTree, keypath: KeyPath, leaf: Any) -> bool:
