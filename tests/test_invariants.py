@@ -91,7 +91,8 @@ CASES = [(a, m) for m in ("mlp", "cnn") for a in ALGORITHMS] + [
 TRAINING_CASES = [
     ("magnitude", "mlp"), ("magnitude-2:4", "mlp"), ("random", "mlp"),
     ("magnitude-channel", "cnn"), ("saliency-global", "cnn"), ("bmr-adaptive-channel", "cnn"),
-    ("bmr", "transformer"), ("ste-bmr", "transformer"), ("magnitude-erk", "transformer"),
+    ("bmr", "transformer"), pytest.param("ste-bmr", "transformer", marks=pytest.mark.slow),
+    pytest.param("magnitude-erk", "transformer", marks=pytest.mark.slow),
 ]
 
 
