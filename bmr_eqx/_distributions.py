@@ -42,28 +42,45 @@ def as_distribution(distribution: Distribution) -> Distribution:
     return distribution
 
 
-def erk_sparsities(shapes: Mapping[str, tuple[int, ...]], sparsity: float) -> dict[str, float]:
-    """Erdős–Rényi-kernel sparsities: density of a leaf ∝ sum(shape)/prod(shape), scaled so the
-    kept count equals `(1 − sparsity)` of all entries; leaves that would exceed density 1 are made
-    dense (the largest first) and the rest rescaled.
+def erk_sparsities(
+    shapes: Mapping[Any, tuple[int, ...]], sparsity: float, *, power: float | int = 1.0, kernel: bool = True
+) -> dict[Any, float]:
+    """Erdős–Rényi-kernel sparsities: the density of a leaf is proportional to
+    `(sum(shape)/prod(shape))**power`, scaled so that the kept count equals the one a uniform
+    allocation keeps (`size − ⌊sparsity·size⌋` per leaf, summed); leaves that would exceed density 1
+    are made dense (the largest raw densities first) and the rest rescaled.
 
-    **Arguments:** `shapes`, a map from leaf path to shape; `sparsity`, the overall target.
+    **Arguments:**
+
+    - `shapes`: a map from leaf path to shape.
+    - `sparsity`: the overall target.
+    - `power`: the exponent of the raw density (default 1; below 1 softens the allocation).
+    - `kernel`: whether the kernel (spatial) axes count (default True). With False the raw density
+      is `(n_in + n_out)/(n_in·n_out)` of the last two axes, the plain Erdős–Rényi rule.
 
     **Returns:** a map from leaf path to its sparsity.
     """
+
+    def raw_density(shape: tuple[int, ...]) -> float:
+        if kernel or len(shape) < 2:
+            return (sum(shape) / math.prod(shape)) ** power
+        n_in, n_out = shape[-2:]
+        return (n_in + n_out) / (n_in * n_out)
+
     sizes = {p: math.prod(s) for p, s in shapes.items()}
-    raw = {p: sum(s) / sizes[p] for p, s in shapes.items()}
-    target = (1.0 - sparsity) * sum(sizes.values())
+    raw = {p: raw_density(tuple(s)) for p, s in shapes.items()}
+    target = sum(n - math.floor(sparsity * n) for n in sizes.values())
     dense: set[str] = set()
+    eps = 0.0
     while True:
         rest = [p for p in shapes if p not in dense]
         if not rest:
             break
         eps = (target - sum(sizes[p] for p in dense)) / sum(raw[p] * sizes[p] for p in rest)
-        worst = max(rest, key=lambda p: raw[p])
-        if eps * raw[worst] <= 1.0:
+        worst = max(raw[p] for p in rest)
+        if eps * worst <= 1.0:
             break
-        dense.add(worst)
+        dense |= {p for p in rest if raw[p] == worst}
     return {p: 0.0 if p in dense else 1.0 - eps * raw[p] for p in shapes}
 
 

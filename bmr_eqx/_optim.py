@@ -1,5 +1,6 @@
 """Optimizer integration: keep pruned weights exactly zero under any optax optimizer."""
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -144,8 +145,19 @@ def reset_regrown(opt_state: PyTree, before: PyTree, after: PyTree) -> PyTree:
     if [(p.path, p.leaf.shape) for p in pb] != [(p.path, p.leaf.shape) for p in pa]:
         raise ValueError("before and after must be the same model before and after pruner.update (their leaves differ).")
     full = [_key_str(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(trainable(after))[0]]
-    names = {f: i for i, f in enumerate(full)}
     grown = [None if (a.mask is None or b.mask is None) else a.mask & ~b.mask for a, b in zip(pa, pb)]
+    return reset_moments(opt_state, {f: (a.leaf.shape, g) for f, a, g in zip(full, pa, grown)})
+
+
+def reset_moments(opt_state: PyTree, params: Mapping[str, tuple[tuple[int, ...], Any]], strict: bool = True) -> PyTree:
+    """`opt_state` with the per-parameter moments zeroed where a parameter's `grown` mask is True.
+
+    `params` maps each parameter's key string (`jax.tree_util.keystr` of its path in the tree the
+    optimizer was initialised on) to `(shape, grown)`, `grown` a bool array or None (leave alone).
+    A floating array of the state is a parameter's moment when its key string ends with that
+    parameter's (the longest such) and the shapes agree. With `strict`, a non-scalar floating array
+    that is nobody's moment raises a `ValueError` naming the state type.
+    """
     flat, treedef = jax.tree_util.tree_flatten_with_path(opt_state)
     out, unmatched = [], []
     for kp, x in flat:
@@ -153,14 +165,15 @@ def reset_regrown(opt_state: PyTree, before: PyTree, after: PyTree) -> PyTree:
             out.append(x)
             continue
         s = _key_str(kp)
-        match = max((n for n in names if s.endswith(n) and pa[names[n]].leaf.shape == x.shape), key=len, default=None)
+        match = max((n for n, (shape, _) in params.items() if s.endswith(n) and tuple(shape) == x.shape),
+                    key=len, default=None)
         if match is None:
             unmatched.append(kp)
             out.append(x)
             continue
-        g = grown[names[match]]
+        g = params[match][1]
         out.append(x if g is None else jnp.where(g, jnp.zeros((), x.dtype), x))
-    if unmatched:
+    if unmatched and strict:
         where = sorted({f"{_owner_type(opt_state, kp)} at `{_key_str(kp)}`" for kp in unmatched})[:5]
         raise ValueError(
             f"reset_regrown cannot tell which parameter these optimizer-state arrays belong to: {where}. Their "

@@ -6,14 +6,20 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
 from ._tree import AbstractWrapper, PyTree, is_wrapper, keep_pruned_at_zero, trainable_params, unflatten_like_trainable
 
 
 def check_prior(ess: Any, weight_decay: Any) -> None:
-    """Reject an effective sample size or weight decay (prior precision per example) that is not > 0."""
+    """Reject an effective sample size or weight decay (prior precision per example) that is not > 0.
+    Scalar arrays are accepted (a traced one is not checked)."""
     for name, value in (("ess", ess), ("weight_decay", weight_decay)):
+        if isinstance(value, jax.core.Tracer) and value.shape == ():
+            continue
+        if isinstance(value, (jax.Array, np.ndarray)) and value.shape == () and not isinstance(value, bool):
+            value = value.item()
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ValueError(
                 f"{name} must be a number > 0, got {value!r}: the prior N(0, 1/(ess·weight_decay)) needs a "

@@ -77,3 +77,20 @@ def test_polynomial_schedule_updates_at_its_end_off_the_grid():
     for s in range(60):
         model = pruner.update(model, s)
     assert float(bx.sparsity_summary(model)["total"]) == pytest.approx(0.9, abs=0.01)
+
+
+def test_erk_options_and_floor_budget_by_hand():
+    shapes = {"a": (2, 4), "b": (3, 6), "c": (2, 4, 6)}
+    # kernel=False: raw (n_in + n_out)/(n_in n_out) of the last two axes: 6/8, 9/18, 10/24;
+    # kept budget sum(n - floor(s n)) = 4 + 9 + 24 = 37; divisor 6 + 9 + 20 = 35.
+    got = bx.erk_sparsities(shapes, 0.5, kernel=False)
+    eps = 37 / 35
+    assert got == pytest.approx({"a": 1 - eps * 6 / 8, "b": 1 - eps * 9 / 18, "c": 1 - eps * 10 / 24})
+    # power=2: raw (6/8)^2, (9/18)^2, (12/48)^2; "a" would exceed density 1 and is made dense:
+    # budget for b, c = 37 - 8 = 29 over 0.25*18 + 0.0625*48 = 7.5.
+    got = bx.erk_sparsities(shapes, 0.5, power=2.0)
+    assert got == pytest.approx({"a": 0.0, "b": 1 - 29 / 7.5 * 0.25, "c": 1 - 29 / 7.5 * 0.0625})
+    # floor: at 0.8 the budget is (8-6) + (18-14) + (48-38) = 16 kept, not 0.2 * 74 = 14.8.
+    got = bx.erk_sparsities(shapes, 0.8)
+    eps = 16 / (6 + 9 + 12)
+    assert got == pytest.approx({"a": 1 - eps * 0.75, "b": 1 - eps * 0.5, "c": 1 - eps * 0.25})
