@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import build, loss_for, MODELS
+from helpers import MODELS, build, loss_for
 
 import bmr_eqx.compat as jaxpruner
 import bmr_eqx.compat.blrax as blrax
