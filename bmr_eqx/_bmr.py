@@ -27,7 +27,7 @@ def _check_reduced(ess: float | int, weight_decay: float | int, reduced_precisio
 
 
 def delta_f_spike(
-    mean: Float[ArrayLike, "*shape"], hess: Float[ArrayLike, "*shape"], ess: float | int, weight_decay: float | int
+    mean: Float[ArrayLike, "*shape"], hess: Float[ArrayLike, "*shape"], ess: Scalar, weight_decay: Scalar
 ) -> Float[Array, "*shape"]:
     """ΔF of switching each weight off (a spike at 0 as the reduced prior):
     `½·log1p(h/δ) − ½·λ·(h + δ)·μ²`, a Savage–Dickey ratio. Elementwise; finite for `h = 0`.

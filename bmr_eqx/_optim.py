@@ -1,6 +1,6 @@
 """Optimizer integration: keep pruned weights exactly zero under any optax optimizer."""
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -149,22 +149,28 @@ def reset_regrown(opt_state: PyTree, before: PyTree, after: PyTree) -> PyTree:
     return reset_moments(opt_state, {f: (a.leaf.shape, g) for f, a, g in zip(full, pa, grown)})
 
 
-def reset_moments(opt_state: PyTree, params: Mapping[str, tuple[tuple[int, ...], Any]], strict: bool = True) -> PyTree:
+def reset_moments(
+    opt_state: PyTree,
+    params: Mapping[str, tuple[tuple[int, ...], Any]],
+    strict: bool = True,
+    keep: Callable[[str], bool] | None = None,
+) -> PyTree:
     """`opt_state` with the per-parameter moments zeroed where a parameter's `grown` mask is True.
 
     `params` maps each parameter's key string (`jax.tree_util.keystr` of its path in the tree the
     optimizer was initialised on) to `(shape, grown)`, `grown` a bool array or None (leave alone).
     A floating array of the state is a parameter's moment when its key string ends with that
     parameter's (the longest such) and the shapes agree. With `strict`, a non-scalar floating array
-    that is nobody's moment raises a `ValueError` naming the state type.
+    that is nobody's moment raises a `ValueError` naming the state type. Arrays whose key string
+    `keep` accepts are left alone (not moments: e.g. an IVON state's curvature).
     """
     flat, treedef = jax.tree_util.tree_flatten_with_path(opt_state)
     out, unmatched = [], []
     for kp, x in flat:
-        if not (eqx.is_inexact_array(x) and x.ndim >= 1):
+        s = _key_str(kp)
+        if not (eqx.is_inexact_array(x) and x.ndim >= 1) or (keep is not None and keep(s)):
             out.append(x)
             continue
-        s = _key_str(kp)
         match = max((n for n, (shape, _) in params.items() if s.endswith(n) and tuple(shape) == x.shape),
                     key=len, default=None)
         if match is None:

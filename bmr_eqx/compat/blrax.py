@@ -96,12 +96,12 @@ def ivon(
     learning_rate=None,
     ess=1.0,
     hess_init=1.0,
+    clip_radius=math.inf,
     b1=0.9,
     b2=0.99999,
     weight_decay=1e-4,
-    clip_radius=math.inf,
-    rescale_lr=False,
     hess_every=1,
+    rescale_lr=False,
     *,
     lr=None,
 ):
@@ -109,7 +109,8 @@ def ivon(
 
     The state is a 1-tuple holding a `ScaleByIvonState`; get the curvature estimate into it with
     `noisy_value_and_grad` before each `update` (without one the curvature stays as it is). The
-    arithmetic is `bmr_eqx.ivon`'s. As in blrax, `rescale_lr` defaults to False.
+    arithmetic is `bmr_eqx.ivon`'s. The arguments are in blrax's order; as there, `rescale_lr`
+    defaults to False.
     """
     if (learning_rate is None) == (lr is None):
         raise TypeError("ivon needs exactly one of learning_rate= and lr=.")

@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import re
 from collections.abc import Callable
 
 import equinox as eqx
@@ -39,7 +40,8 @@ def _restart_using_mask(target_tree, masks):
 
 def restart_inner_state(state, masks_activated, params=None):
     """`state` (any optax state) with the per-parameter moments of the newly activated connections
-    set to 0 (`bmr_eqx`'s moment reset: adam, sgd momentum, lion, chains, masked states...).
+    set to 0 (`bmr_eqx`'s moment reset: adam, sgd momentum, lion, chains, masked states, IVON's
+    momentum; IVON's curvature is kept).
 
     `masks_activated` is a tree shaped like the parameters (bool leaves; None: leave alone). Pass
     `params` to have every other array of the state checked to be a known parameter's moment.
@@ -52,7 +54,12 @@ def restart_inner_state(state, masks_activated, params=None):
         for (kp, x), g in zip(items, grown)
         if x is not None
     }
-    return reset_moments(state, named, strict=params is not None)
+    return reset_moments(state, named, strict=params is not None, keep=_is_curvature)
+
+
+def _is_curvature(key: str) -> bool:
+    """An IVON state's curvature (`hess`, `h_bar`) is no moment: a regrown weight keeps it."""
+    return re.search(r"\.(hess|h_bar)(\W|$)", key) is not None
 
 
 @dataclasses.dataclass
