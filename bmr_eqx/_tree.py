@@ -192,11 +192,14 @@ def is_default_prunable(root: PyTree, keypath: KeyPath, leaf: Any) -> bool:
     (`LayerNorm`, `RMSNorm`, `GroupNorm`, `BatchNorm`). This selects the weights of `Linear`, `Conv`,
     `ConvTranspose`, `Embedding`, `GRUCell`, `LSTMCell`, attention projections and scan-over-layers
     stacks of them (`(layers, out, in)`), and leaves out `Conv` biases shaped `(out, 1, 1)` and
-    stacked biases or norm scales shaped `(layers, d)`.
+    stacked biases or norm scales shaped `(layers, d)`. In a dict of parameters (Flax style), the
+    entries keyed `kernel` or `weight` with `ndim >= 2` are prunable.
     """
     if not (eqx.is_inexact_array(leaf) and leaf.ndim >= 2 and keypath):
         return False
     last = keypath[-1]
+    if isinstance(last, jax.tree_util.DictKey):  # Flax-style parameter dicts: {"dense": {"kernel": ...}}
+        return last.key in _WEIGHT_NAMES
     if not (isinstance(last, jax.tree_util.GetAttrKey) and last.name in _WEIGHT_NAMES):
         return False
     return not isinstance(_parent(root, keypath), _norm_layers())

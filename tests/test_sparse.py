@@ -216,3 +216,9 @@ def test_update_then_masked_step_zeroes_stored_weights():
     grads0 = bx.mask_gradients(jax.tree.map(jnp.ones_like, bx.trainable(model)), model)
     for g, m in zip(grads0.model.layers, masks(model)):
         np.testing.assert_array_equal(g.weight, m.astype(jnp.float32))
+
+
+def test_default_rule_prunes_kernels_of_flax_style_dicts():
+    params = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}, "scale": {"weight": jnp.ones(3)},
+              "emb": {"weight": jnp.ones((5, 2))}}
+    assert sorted(bx.Sparse(params).masks) == ["['dense']['kernel']", "['emb']['weight']"]
