@@ -8,7 +8,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
-from jaxtyping import Array, Int, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._posterior import Posterior
 from ._tree import PyTree, flatten_like_trainable, keep_pruned_at_zero, trainable, trainable_params
@@ -102,11 +102,11 @@ class IVONState(NamedTuple):
 def ivon(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    b1: float = 0.9,
-    b2: float = 0.99999,
-    clip_radius: float = math.inf,
+    b1: float | Float[Array, ""] = 0.9,
+    b2: float | Float[Array, ""] = 0.99999,
+    clip_radius: float | Float[Array, ""] = math.inf,
     rescale_lr: bool = True,
-    hess_update_every: int = 1,
+    hess_update_every: int | Int[Array, ""] = 1,
 ) -> optax.GradientTransformationExtraArgs:
     """The IVON optimizer (Shen et al., "Variational Learning is Effective for Large Deep Networks",
     ICML 2024) as an optax transformation over a `Posterior` (see the docs' IVON theory page).
@@ -134,14 +134,23 @@ def ivon(
       the paper's learning rates apply unchanged); blrax does not (use `rescale_lr=False` to match).
     - `hess_update_every`: refresh the curvature only every k steps (default 1: every step).
 
+    The numbers may also be scalar arrays, so `optax.inject_hyperparams(bmr_eqx.ivon)` works
+    (they are checked only when they are Python numbers).
+
     **Returns:** an `optax.GradientTransformationExtraArgs`. Pruned weights of a `Sparse` mean get
     updates that bring them to exactly 0 and keep them there.
     """
-    if not 0 <= b1 < 1 or not 0 <= b2 < 1:
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if number(b1) and number(b2) and not (0 <= b1 < 1 and 0 <= b2 < 1):
         raise ValueError(f"b1 and b2 must be in [0, 1), got b1={b1}, b2={b2}.")
-    if not clip_radius > 0:
+    if number(clip_radius) and not clip_radius > 0:
         raise ValueError(f"clip_radius must be > 0, got {clip_radius}.")
-    if not isinstance(hess_update_every, int) or hess_update_every < 1:
+    every = hess_update_every
+    if isinstance(every, bool) or not (
+        (isinstance(every, int) and every >= 1) or (isinstance(every, jax.Array) and jnp.issubdtype(every.dtype, jnp.integer))
+    ):
         raise ValueError(f"hess_update_every must be an integer >= 1, got {hess_update_every!r}.")
 
     def init_fn(params: PyTree) -> IVONState:
@@ -181,7 +190,7 @@ def ivon(
         for p, gh, g in zip(ps, g_hat, g_old):
             dt = p.leaf.dtype
             h, hh = post.hess[p.path], hess_estimate[p.path].astype(post.hess[p.path].dtype)
-            g = b1 * g + (1 - b1) * gh
+            g = (b1 * g + (1 - b1) * gh).astype(g.dtype)
             h_next = b2 * h + (1 - b2) * hh + 0.5 * (1 - b2) ** 2 * (h - hh) ** 2 / (h + delta)
             h_new = jnp.where(refresh, h_next, h).astype(h.dtype)
             step = ((g / debias.astype(dt) + delta * p.leaf) / (h_new + delta)).astype(dt)

@@ -9,6 +9,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 Sparsity = float | Float[ArrayLike, ""]
@@ -18,10 +19,13 @@ def keep_count(size: int, sparsity: Sparsity) -> int | Int[Array, ""]:
     """How many of `size` entries a mask of sparsity `sparsity` keeps: `round(size·(1−s))` clipped to
     `[1, size]`, so a sparsity outside `[0, 1)` is clamped into it (the same on every backend).
 
-    Exact (Python arithmetic) for a Python float `sparsity`; for a traced one, float32 arithmetic.
+    The product is taken in float32 (ties round to even) whether `sparsity` is a Python float or a
+    traced one, so eager pruning and a jitted update keep the same count (as JaxPruner does): at
+    90% a 35-entry leaf keeps 4 (`35·0.1` is 3.5000002 in float32), not Python's `round(3.4999…) = 3`.
     """
     if isinstance(sparsity, (int, float)):
-        return min(size, max(1, round(size * (1.0 - sparsity))))
+        k = int(np.round(np.float32(size) * (np.float32(1.0) - np.float32(sparsity))))
+        return min(size, max(1, k))
     s = jnp.asarray(sparsity, jnp.float32)
     return jnp.clip(jnp.round(size * (1.0 - s)), 1, size).astype(jnp.int32)
 

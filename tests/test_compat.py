@@ -1165,3 +1165,98 @@ def test_equinox_magnitude_example(digits):
         assert masks.layers[i].bias is None
         w = np.asarray(params.layers[i].weight)
         np.testing.assert_array_equal(np.asarray(masks.layers[i].weight), np_topk(np.abs(w), 0.9))
+
+
+# ---- review fixes: blrax options, packed masks, counts, errors ---------------------------------
+
+
+def _ivon_problem():
+    from bmr_eqx.compat import blrax as bl
+
+    p = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(6, 8)), jnp.float32), "b": jnp.zeros(8)}
+
+    def loss(p, key):
+        return jnp.sum(p["w"] ** 2) + jnp.sum(jnp.sin(p["b"]))
+
+    opt = bl.ivon(lr=0.1, ess=50.0, hess_init=0.5)
+    return bl, p, loss, opt, opt.init(p)
+
+
+def test_blrax_method_is_accepted_and_other_estimators_refused():
+    bl, p, loss, _, st = _ivon_problem()
+    a = bl.noisy_value_and_grad(loss, st, p, jax.random.key(3), method="sequential")
+    b = bl.noisy_value_and_grad(loss, st, p, jax.random.key(3), method="parallel")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(NotImplementedError, match="sampling"):
+        bl.noisy_value_and_grad(loss, st, p, jax.random.key(3), estimator="hutchinson")
+    with pytest.raises(ValueError, match="method"):
+        bl.noisy_value_and_grad(loss, st, p, jax.random.key(3), method="vmap")
+
+
+def test_blrax_packed_masks_act_like_unpacked_ones():
+    bl, p, loss, _, st = _ivon_problem()
+    mask = {"w": (jnp.arange(48).reshape(6, 8) % 3 == 0).astype(jnp.uint8), "b": None}
+    packed = {"w": jnp.packbits(mask["w"]), "b": None}
+    a = bl.noisy_value_and_grad(loss, st, p, jax.random.key(4), mask=mask)
+    b = bl.noisy_value_and_grad(loss, st, p, jax.random.key(4), mask=packed)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    assert float(jnp.abs(a[2][0].h_bar["w"][mask["w"] == 0]).max()) == 0.0
+
+
+def test_blrax_get_scale_sample_posterior_and_m_dtype():
+    bl, p, loss, _, st = _ivon_problem()
+    scale = bl.get_scale(st[0])
+    np.testing.assert_allclose(scale["w"], 1 / np.sqrt(50.0 * (0.5 + 1e-4)), rtol=1e-6)
+    samples, noise = bl.sample_posterior(jax.random.key(5), p, st[0], shape=(4,), mask={"w": jnp.zeros((6, 8)), "b": None})
+    assert samples["w"].shape == (4, 6, 8) and float(jnp.abs(samples["w"]).max()) == 0.0
+    np.testing.assert_allclose(samples["b"], p["b"] + noise["b"])
+    assert float(noise["b"].std()) == pytest.approx(float(scale["b"][0]), rel=0.5)
+    opt = bl.ivon(lr=0.1, ess=50.0, hess_init=0.5, m_dtype=jnp.bfloat16)
+    st = opt.init(p)
+    _, g, st = bl.noisy_value_and_grad(loss, st, p, jax.random.key(1))
+    _, st = opt.update(g, st, p)
+    assert st[0].momentum["w"].dtype == jnp.bfloat16
+
+
+def test_blrax_ivon_under_inject_hyperparams():
+    bl, p, loss, _, _ = _ivon_problem()
+    opt = optax.inject_hyperparams(bl.ivon, static_args=("ess", "weight_decay", "hess_init", "hess_every"))(
+        learning_rate=0.1, ess=50.0, hess_init=0.5)
+    st = opt.init(p)
+
+    @jax.jit
+    def step(p, st, lr):
+        st.hyperparams["learning_rate"] = lr
+        _, g, inner = bl.noisy_value_and_grad(loss, st.inner_state, p, jax.random.key(0))
+        return opt.update(g, st._replace(inner_state=inner), p)
+
+    u_small, _ = step(p, st, 0.01)
+    u_big, _ = step(p, st, 0.1)
+    np.testing.assert_allclose(u_big["w"], 10 * u_small["w"], rtol=1e-4)
+    loose = optax.inject_hyperparams(bl.ivon)(learning_rate=0.1, ess=50.0)  # ess traced under jit
+    with pytest.raises(ValueError, match="static_args"):
+        jax.jit(loose.update)(jax.tree.map(jnp.zeros_like, p), loose.init(p), p)
+
+
+def test_eager_and_jitted_masks_keep_the_same_count():
+    p = {"w": jnp.asarray(np.random.default_rng(2).normal(size=(5, 7)), jnp.float32)}
+    upd = jaxpruner.MagnitudePruning(sparsity=0.9, scheduler=jaxpruner.OneShotSchedule(target_step=0))
+    _, masks = upd.instant_sparsify(p)
+    tx = upd.wrap_optax(optax.sgd(0.1))
+    _, st = jax.jit(tx.update)(jax.tree.map(jnp.zeros_like, p), tx.init(p), p)
+    assert int(masks["w"].sum()) == int(st.masks["w"].sum()) == 4  # round(35·0.1) in float32 (JaxPruner: 4)
+
+
+def test_review_errors_and_replace():
+    p = {"w": jnp.ones((4, 6))}
+    upd = jaxpruner.MagnitudePruning(sparsity=0.5)
+    assert dataclasses.replace(upd, use_packed_masks=True).sparsity == 0.5
+    with pytest.raises(AttributeError, match="not supported for global pruning"):
+        jaxpruner.GlobalMagnitudePruning(sparsity=0.5, sparsity_type=jaxpruner.sparsity_types.NByM(2, 4)).instant_sparsify(p)
+    with pytest.raises(ValueError, match=r"Parameter \('w',\) of shape \(4, 6\).*filter_fn"):
+        jaxpruner.MagnitudePruning(sparsity=0.5, sparsity_type=jaxpruner.sparsity_types.NByM(2, 4)).instant_sparsify(p)
+    with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\]"):
+        jaxpruner.sparsity_distributions.uniform(p, 1.5)
+    assert jaxpruner.algorithms.bmr_pruners.AbosluteZscorePruning is jaxpruner.UncertaintyMagnitudePruning

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from . import mask_calculator, sparsity_distributions, sparsity_schedules, sparsity_types
-from ._tree import is_none
+from ._tree import is_none, map_with_keys
 
 FilterFnType = sparsity_distributions.FilterFnType
 TopkFnType = mask_calculator.TopKFnType
@@ -47,6 +47,12 @@ def _pack(masks):
 _DEFAULT_DISTRIBUTION = functools.partial(sparsity_distributions.uniform, sparsity=0.0)
 
 
+def _is_uniform_at(fn, sparsity) -> bool:
+    """Whether `fn` is `partial(uniform, sparsity=sparsity)` (what `sparsity=` stands for)."""
+    return (isinstance(fn, functools.partial) and fn.func is sparsity_distributions.uniform and not fn.args
+            and fn.keywords == {"sparsity": sparsity})
+
+
 @dataclasses.dataclass
 class BaseUpdater:
     """The common updater: `wrap_optax` adds masks to an optax optimizer's state and recomputes
@@ -75,7 +81,9 @@ class BaseUpdater:
         if self.rng_seed is None:
             self.rng_seed = jax.random.PRNGKey(8)
         if self.sparsity is not None and not self._sparsity_is_global:
-            if self.sparsity_distribution_fn is not _DEFAULT_DISTRIBUTION:
+            if self.sparsity_distribution_fn is not _DEFAULT_DISTRIBUTION and not _is_uniform_at(
+                self.sparsity_distribution_fn, self.sparsity
+            ):
                 raise ValueError(
                     f"{type(self).__name__} got both sparsity= and sparsity_distribution_fn=; give one "
                     "(sparsity=s means functools.partial(sparsity_distributions.uniform, sparsity=s))."
@@ -106,10 +114,18 @@ class BaseUpdater:
     def create_masks(self, scores, sparsities):
         """`topk_fn(score, sparsity)` for every score with a sparsity (None: no mask)."""
 
-        def topk(score, sparsity):
-            return None if sparsity is None else self.topk_fn(score, sparsity)
+        def topk(key, score, sparsity):
+            if sparsity is None or score is None:
+                return None
+            try:
+                return self.topk_fn(score, sparsity)
+            except ValueError as e:
+                raise ValueError(
+                    f"Parameter {key} of shape {jnp.shape(score)}: {e} Leave it out with filter_fn (or "
+                    "custom_sparsity_map), or choose a sparsity type that fits it."
+                ) from None
 
-        return jax.tree.map(topk, scores, sparsities)
+        return map_with_keys(topk, scores, sparsities)
 
     # ---- state ---------------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ def uniform(params, sparsity, filter_fn=NOT_DIM_ONE_FILTER_FN, custom_sparsity_m
 
     **Returns:** a tree shaped like `params` with float or None leaves.
     """
+    _check_sparsity(sparsity)
     custom = custom_sparsity_map or {}
 
     def pick(key, param):
@@ -64,6 +65,11 @@ def erk(param_tree, sparsity, filter_fn=NOT_DIM_ONE_FILTER_FN, custom_sparsity_m
     shapes = {k: p.shape for k, p in items if p is not None and filter_fn(k, p)}
     sparsities = get_sparsities_erdos_renyi(shapes, sparsity, custom_sparsity_map)
     return treedef.unflatten([sparsities.get(k) for k, _ in items])
+
+
+def _check_sparsity(sparsity):
+    if isinstance(sparsity, (int, float)) and not 0 <= sparsity <= 1:
+        raise ValueError(f"sparsity must be in [0, 1], got {sparsity!r}.")
 
 
 def get_n_zeros(size, sparsity):

@@ -92,3 +92,4 @@ class SteBMRPruning(SteMixin, BMRPruning):
 
 
 AdaptiveBMRPruning = AdaptiveBMR
+AbosluteZscorePruning = UncertaintyMagnitudePruning  # BMRPruner's class name (sic) for the same score

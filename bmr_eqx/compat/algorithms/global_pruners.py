@@ -30,12 +30,15 @@ class GlobalPruningMixin:
 
     _sparsity_is_global = True
 
-    def init_state(self, params):
+    def _check_unstructured(self):
         if not isinstance(self.sparsity_type, sparsity_types.Unstructured):
             raise AttributeError(
                 f"Sparsity type {type(self.sparsity_type).__name__} is not supported for global pruning; "
                 "use sparsity_types.Unstructured()."
             )
+
+    def init_state(self, params):
+        self._check_unstructured()
         masks = self.create_masks(params, 0.0)
         return SparseState(
             masks=_pack(masks) if self.use_packed_masks else masks,
@@ -44,6 +47,7 @@ class GlobalPruningMixin:
         )
 
     def instant_sparsify(self, params, grads=None, **kwargs):
+        self._check_unstructured()
         scores = self.calculate_scores(params, grads=grads, **kwargs)
         masks = self.create_masks(scores, self.sparsity)
         pruned = self.apply_masks(params, masks, is_packed=False)
