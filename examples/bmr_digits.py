@@ -13,7 +13,8 @@ seeds) with each method's paired (same seed) difference to magnitude pruning (gl
 |μ|) at the same target, and writes a plot.
 
     python examples/bmr_digits.py [--steps 2000] [--seeds 3] [--sparsity 0.9 [0.98 ...]] [--arch mlp|cnn]
-                                  [--curvature posterior|data] [--adaptive-threshold 2] [--out outputs]
+                                  [--curvature posterior|data] [--adaptive-threshold 2] [--eval-every N]
+                                  [--out outputs]
 """
 
 import argparse
@@ -120,10 +121,11 @@ def report(results: dict, seeds: int) -> dict:
     return summary
 
 
-def train(pruner, data, *, steps, seed, label="", arch="mlp"):
-    """Train `Posterior(Sparse(model))` with IVON and `pruner`; returns the posterior, its history and
-    the final test metrics."""
+def train(pruner, data, *, steps, seed, label="", arch="mlp", eval_every=None):
+    """Train `Posterior(Sparse(model))` with IVON and `pruner`; returns the posterior, its history
+    (evaluated every `eval_every` steps, by default `steps // 40`) and the final test metrics."""
     hp = HPARAMS[arch]
+    eval_every = eval_every or max(1, steps // 40)
     x_tr, y_tr, x_te, y_te = data
     key_model, key_run = jax.random.split(jax.random.key(seed))
     model = make_model(arch, key_model)
@@ -154,7 +156,7 @@ def train(pruner, data, *, steps, seed, label="", arch="mlp"):
     keys = jax.random.split(key_run, steps + 1)
     for i in tqdm(range(steps), desc=label, leave=False, mininterval=1.0):
         post, state, loss = step(post, state, jnp.asarray(i), keys[i])
-        if i % max(1, steps // 40) == 0 or i == steps - 1:
+        if i % eval_every == 0 or i == steps - 1:
             metrics, sparsity = evaluate(post, keys[-1])
             history["step"].append(i)
             history["accuracy"].append(float(metrics["accuracy"]))
@@ -198,6 +200,8 @@ def main(argv=None):
     parser.add_argument("--curvature", choices=["posterior", "data"], default="posterior",
                         help="the curvature the BMR methods read (see the docs' Bayesian pruners page)")
     parser.add_argument("--arch", choices=["mlp", "cnn"], default="mlp", help="the digits classifier")
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help="steps between the test evaluations plotted (default: steps // 40)")
     parser.add_argument("--out", default="outputs")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
@@ -209,7 +213,7 @@ def main(argv=None):
         for name, target, pruner in runs:
             label = name if target is None else f"{name} @ {target:.2f}"
             _, history, final = train(pruner, data, steps=args.steps, seed=seed, label=f"{label} seed {seed}",
-                                      arch=args.arch)
+                                      arch=args.arch, eval_every=args.eval_every)
             results.setdefault((name, target), []).append(final)
             if seed == 0:
                 histories[(name, target)] = history

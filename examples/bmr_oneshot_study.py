@@ -82,7 +82,7 @@ def main(argv=None):
     corr = {"ivon": [], "refreshed": []}
     for seed in range(args.seeds):
         post, _, dense = bmr_digits.train(bx.NoPruning(), data, steps=args.steps, seed=seed, label=f"IVON seed {seed}",
-                                          arch=args.arch)
+                                          arch=args.arch, eval_every=args.steps)  # no history needed
         batches = [(x_tr[i:i + 256], y_tr[i:i + 256]) for i in range(0, x_tr.shape[0], 256)]
         refreshed = bx.refresh_curvature(post, loss_fn, batches, method=args.refresh, num_probes=args.probes,
                                          key=jax.random.key(seed))

@@ -1,10 +1,14 @@
 """Models shared by the tests: the ones Equinox users really write (an MLP, a CNN with BatchNorm,
 State and Dropout, a small transformer, a scan-over-layers stack), with a loss for each."""
 
+import pathlib
+import sys
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
+import pytest
 
 
 def mlp(key=0, in_size=16, out_size=4, width=32, depth=2):
@@ -173,3 +177,25 @@ def loss_for(name):
     if name == "cnn":
         return cnn_loss
     return lambda model, state, x, y, key: (stateless_loss(model, x, y), state)
+
+
+# ---- test files run by pytest in a process of their own (see conftest.py) ----------------------------
+
+TESTS = pathlib.Path(__file__).resolve().parent
+
+
+def pytest_in_own_process(filename, *args, timeout=1200):
+    """A `pytest.mark.command` running `pytest -q tests/<filename> [args]` from the project root."""
+    return pytest.mark.command(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(TESTS / filename), *args],
+        timeout=timeout, cwd=TESTS.parent,
+    )
+
+
+def assert_pytest_passed(out):
+    """`out` (a `command_output`) is a `pytest -q` run that passed, or skipped every test it selected."""
+    last = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+    if out.returncode == 0 and " skipped" in last and " passed" not in last:
+        pytest.skip(f"the process skipped everything: {last}")
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
+    assert " passed" in last, out.stdout[-6000:]

@@ -33,7 +33,10 @@ def _prunable(params, masks):
     return sum(int((m != 0).sum()) for _, m in pairs), sum(m.size for _, m in pairs)
 
 
-@pytest.mark.parametrize("name,algorithm", [("mlp", "magnitude"), ("cnn", "rigl"), ("transformer", "rigl")])
+@pytest.mark.parametrize("name,algorithm", [
+    ("mlp", "magnitude"), ("cnn", "rigl"), ("transformer", "magnitude"),
+    pytest.param("transformer", "rigl", marks=pytest.mark.slow),
+])
 def test_updaters_train_equinox_models(name, algorithm):
     model, state = build(name)
     x, y = MODELS[name][1]()

@@ -22,10 +22,15 @@ def test_data_hess_is_the_weighted_average_of_the_updates(every):
     path = "layers[1].weight"
     h = np.full(post.hess[path].shape, h0, np.float64)
     num, n = np.zeros_like(h), 0  # Σ_s b2^(n-s)·[(1-b2)·ĥ_s + c_s]: the data part, exactly
-    for t in range(7):
-        _, grads, h_hat = bx.noisy_value_and_grad(stateless_loss)(post, jax.random.key(t), x, y)
+
+    @eqx.filter_jit  # one compilation, not one per op
+    def step(post, state, key):
+        _, grads, h_hat = bx.noisy_value_and_grad(stateless_loss)(post, key, x, y)
         updates, state = opt.update(grads, state, post, hess_estimate=h_hat)
-        post = eqx.apply_updates(post, updates)
+        return eqx.apply_updates(post, updates), state, h_hat
+
+    for t in range(7):
+        post, state, h_hat = step(post, state, jax.random.key(t))
         if t % every == 0:
             hh = np.asarray(h_hat[path], np.float64)
             term = (1 - b2) * hh + 0.5 * (1 - b2) ** 2 * (h - hh) ** 2 / (h + delta)

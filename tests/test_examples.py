@@ -1,76 +1,17 @@
-import os
-import sys
+"""Runs the examples' smoke tests, `example_cases.py`, in a process of its own, started in the
+background when collection ends (see `conftest.py`), so that their compilations overlap the rest
+of the suite. A failure shows the failing cases' output."""
 
 import pytest
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
-
-
-def test_train_digits_runs_and_prunes(tmp_path):
-    pytest.importorskip("sklearn")
-    import train_digits
-
-    result = train_digits.main(["--steps", "200", "--out", str(tmp_path)])
-    assert (tmp_path / "train_digits.png").stat().st_size > 1000
-    assert result["sparsity"] == pytest.approx(0.9, abs=1e-3)
-    assert result["dense"] > 0.8 and result["pruned"] > 0.6
+from helpers import assert_pytest_passed, pytest_in_own_process
 
 
-@pytest.mark.parametrize("arch, targets", [("mlp", (0.95,)), pytest.param("cnn", (0.9, 0.95), marks=pytest.mark.slow)])
-def test_bmr_digits_runs_all_methods(tmp_path, arch, targets):
-    pytest.importorskip("sklearn")
-    import bmr_digits
-
-    summary = bmr_digits.main(["--steps", "120", "--seeds", "1", "--sparsity", *map(str, targets),
-                               "--arch", arch, "--out", str(tmp_path)])
-    assert (tmp_path / f"bmr_digits{'_cnn' if arch == 'cnn' else ''}.png").stat().st_size > 1000
-    targeted = {"magnitude", "BMR", "global |μ|", "global BMR"}
-    assert set(summary) == {("dense IVON", None), ("adaptive BMR", None)} | {
-        (name, s) for name in targeted for s in targets}
-    assert summary[("dense IVON", None)]["sparsity"][0] == 0.0
-    for (name, target), row in summary.items():
-        assert 0.0 <= row["ece"][0] <= 1.0 and 0.0 <= row["accuracy"][0] <= 1.0
-        if target is not None:
-            assert row["sparsity"][0] == pytest.approx(target, abs=2e-3)
-    # paired differences: against magnitude, global BMR against global |μ|, none for the baselines
-    assert "Δ accuracy" not in summary[("magnitude", 0.95)] and "Δ nll" in summary[("BMR", 0.95)]
-    assert bmr_digits.baseline_of("global BMR") == "global |μ|" and bmr_digits.baseline_of("BMR") == "magnitude"
-    assert summary[("dense IVON", None)]["accuracy"][0] > 0.3  # chance is 0.1; 120 steps of IVON
+@pytest_in_own_process("example_cases.py")
+def test_examples_in_their_own_process(command_output):
+    assert_pytest_passed(command_output)
 
 
-def test_teacher_student_reports_recovery():
-    import teacher_student
-
-    out = teacher_student.main(["--steps", "300", "--samples", "500"])
-    assert set(out) == {"adaptive BMR (no target)", "magnitude @ BMR's sparsity", "magnitude @ true sparsity",
-                        "adaptive BMR, refreshed", "BMR @ true sparsity, refr."}
-    for row in out.values():
-        assert 0.0 <= row["precision"] <= 1.0 and 0.0 <= row["recall"] <= 1.0
-    assert out["magnitude @ true sparsity"]["sparsity"] == pytest.approx(0.76, abs=0.05)
-
-
-def test_bmr_oneshot_study_runs():
-    pytest.importorskip("sklearn")
-    import bmr_oneshot_study
-
-    results, corr = bmr_oneshot_study.main(["--steps", "60", "--seeds", "1", "--sparsities", "0.9", "--probes", "2"])
-    names = {name for name, _ in results}
-    assert {"dense", "magnitude", "BMR", "BMR refreshed", "global BMR refreshed floor"} <= names
-    assert all(0.0 <= r["accuracy"] <= 1.0 for runs in results.values() for r in runs)
-    assert set(corr) == {"ivon", "refreshed"}
-    assert all(-1.0 <= v <= 1.0 for rows in corr.values() for row in rows for v in row.values())
-
-
-def test_sparse_training_runs(tmp_path):
-    pytest.importorskip("sklearn")
-    import sparse_training
-
-    summary = sparse_training.main(["--steps", "40", "--seeds", "1", "--out", str(tmp_path)])
-    assert (tmp_path / "sparse_training.png").stat().st_size > 1000
-    assert set(summary) == {"dense", "static sparse", "SET", "RigL", "gradual magnitude", "static sparse (IVON)",
-                            "RigL (IVON)", "BMR drop-and-grow (IVON)"}
-    assert summary["dense"]["sparsity"][0] == 0.0
-    for name, row in summary.items():
-        assert 0.0 <= row["accuracy"][0] <= 1.0
-        if name != "dense":
-            assert row["sparsity"][0] == pytest.approx(0.9, abs=2e-3)  # ERK: 90% over all weights
+@pytest.mark.slow
+@pytest_in_own_process("example_cases.py", "-m", "slow")
+def test_slow_examples_in_their_own_process(command_output):
+    assert_pytest_passed(command_output)

@@ -180,13 +180,14 @@ def test_masked_updates_skip_and_mask_gradients():
 
 def test_vmap_ensemble_per_member_masks():
     keys = jax.random.split(jax.random.key(0), 3)
-    ens = eqx.filter_vmap(lambda k: bx.Sparse(eqx.nn.MLP(6, 3, 8, 2, key=k)))(keys)
-    pruned = eqx.filter_vmap(lambda m: bx.MagnitudePruning(sparsity=0.7).update(m, 0))(ens)
+    # each vmap jitted whole: one compilation each, not one per batched op
+    ens = eqx.filter_jit(eqx.filter_vmap(lambda k: bx.Sparse(eqx.nn.MLP(6, 3, 8, 2, key=k))))(keys)
+    pruned = eqx.filter_jit(eqx.filter_vmap(lambda m: bx.MagnitudePruning(sparsity=0.7).update(m, 0)))(ens)
     w = pruned.masks["layers[0].weight"]
     assert w.shape == (3, 8, 6)
     assert [int(x) for x in w.sum((1, 2))] == [round(48 * 0.3)] * 3
     assert not bool(jnp.all(w[0] == w[1]))  # each member has its own mask
-    out = eqx.filter_vmap(lambda m, x: m(x), in_axes=(eqx.if_array(0), None))(pruned, jnp.ones(6))
+    out = eqx.filter_jit(eqx.filter_vmap(lambda m, x: m(x), in_axes=(eqx.if_array(0), None)))(pruned, jnp.ones(6))
     assert out.shape == (3, 3)
 
 
