@@ -18,6 +18,7 @@ seeds) with each method's paired (same seed) difference to magnitude pruning (gl
 """
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -121,6 +122,36 @@ def report(results: dict, seeds: int) -> dict:
     return summary
 
 
+def _loss_fn(model, x, y):
+    return optax.softmax_cross_entropy_with_integer_labels(jax.vmap(model)(x), y).mean()
+
+
+@functools.cache
+def step_functions(arch: str, steps: int):
+    """`(optimizer, step, evaluate)` for one architecture and run length, built once: the jitted
+    functions take the pruner and the data as arguments, so every seed (and every pruner of the same
+    configuration) reuses one compilation instead of compiling afresh."""
+    hp = HPARAMS[arch]
+    opt = bx.ivon(optax.cosine_decay_schedule(hp["learning_rate"], steps), b2=hp["b2"])
+    value_and_grad = bx.noisy_value_and_grad(_loss_fn)
+
+    @eqx.filter_jit
+    def step(post, state, i, key, pruner, x_tr, y_tr):
+        k_batch, k_noise = jax.random.split(key)
+        idx = jax.random.randint(k_batch, (hp["batch_size"],), 0, x_tr.shape[0])
+        loss, grads, hess_estimate = value_and_grad(post, k_noise, x_tr[idx], y_tr[idx])
+        updates, state = opt.update(grads, state, post, hess_estimate=hess_estimate)
+        post = eqx.apply_updates(post, updates)
+        return pruner.update(post, i), state, loss
+
+    @eqx.filter_jit
+    def evaluate(post, key, x_te, y_te):
+        probs = post.predict(lambda m: jax.nn.softmax(jax.vmap(m)(x_te)), key, hp["pred_samples"])
+        return bx.classification_metrics(probs, y_te, num_bins=10), bx.sparsity_summary(post)["total"]
+
+    return opt, step, evaluate
+
+
 def train(pruner, data, *, steps, seed, label="", arch="mlp", eval_every=None):
     """Train `Posterior(Sparse(model))` with IVON and `pruner`; returns the posterior, its history
     (evaluated every `eval_every` steps, by default `steps // 40`) and the final test metrics."""
@@ -130,27 +161,14 @@ def train(pruner, data, *, steps, seed, label="", arch="mlp", eval_every=None):
     key_model, key_run = jax.random.split(jax.random.key(seed))
     model = make_model(arch, key_model)
     post = bx.Posterior(bx.Sparse(model), ess=x_tr.shape[0], weight_decay=hp["weight_decay"], hess_init=hp["hess_init"])
-    opt = bx.ivon(optax.cosine_decay_schedule(hp["learning_rate"], steps), b2=hp["b2"])
+    opt, step_fn, evaluate_fn = step_functions(arch, steps)
     state = opt.init(post)
 
-    def loss_fn(model, x, y):
-        return optax.softmax_cross_entropy_with_integer_labels(jax.vmap(model)(x), y).mean()
+    def step(post, state, i, key):
+        return step_fn(post, state, i, key, pruner, x_tr, y_tr)
 
-    value_and_grad = bx.noisy_value_and_grad(loss_fn)
-
-    @eqx.filter_jit
-    def step(post, state, step, key):
-        k_batch, k_noise = jax.random.split(key)
-        idx = jax.random.randint(k_batch, (hp["batch_size"],), 0, x_tr.shape[0])
-        loss, grads, hess_estimate = value_and_grad(post, k_noise, x_tr[idx], y_tr[idx])
-        updates, state = opt.update(grads, state, post, hess_estimate=hess_estimate)
-        post = eqx.apply_updates(post, updates)
-        return pruner.update(post, step), state, loss
-
-    @eqx.filter_jit
     def evaluate(post, key):
-        probs = post.predict(lambda m: jax.nn.softmax(jax.vmap(m)(x_te)), key, hp["pred_samples"])
-        return bx.classification_metrics(probs, y_te, num_bins=10), bx.sparsity_summary(post)["total"]
+        return evaluate_fn(post, key, x_te, y_te)
 
     history = {"step": [], "accuracy": [], "sparsity": []}
     keys = jax.random.split(key_run, steps + 1)
