@@ -42,7 +42,7 @@ import optax
 import bmr_eqx as bx
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import timeit  # noqa: E402
+from common import run_steps, timeit  # noqa: E402
 
 # ---- the model --------------------------------------------------------------------------------
 
@@ -237,22 +237,6 @@ def blrax_steps(blrax, p, x, y):
 # ---- measuring --------------------------------------------------------------------------------
 
 
-def copy_tree(t):
-    return jax.tree.map(lambda a: a.copy() if eqx.is_array(a) else a, t)
-
-
-def runner(fn, params, state, steps):
-    carry = (copy_tree(params), copy_tree(state), jnp.asarray(0))
-
-    def go():
-        nonlocal carry
-        for _ in range(steps):
-            carry = fn(*carry)
-        return jax.tree.leaves(carry)[0]
-
-    return go
-
-
 def compile_seconds(fn, params, state):
     """Trace + compile time of a fresh jit of `fn` (the faster of two, JAX's caches cleared before
     each, so one-time Python-side costs of the first trace count for no variant), and its
@@ -301,7 +285,8 @@ def main():
             steps.update(blrax_steps(blrax, p, x, y))
         compiles = {k: compile_seconds(steps[k][0], steps[k][1], steps[k][2]) for k in
                     ("dense", "steady", "update", "ivon sparse", "ivon+bmr")}
-        t = timeit({k: runner(jit_step(fn), a, b, args.steps) for k, (fn, a, b) in steps.items()}, args.reps)
+        t = timeit({k: run_steps(jit_step(fn), (a, b, jnp.asarray(0)), args.steps) for k, (fn, a, b) in steps.items()},
+                   args.reps)
         t = {k: v / args.steps for k, v in t.items()}
 
         def put(name, value, fmt="{:.3f}"):

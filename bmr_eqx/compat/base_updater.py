@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from .._scores import Leaf
 from . import mask_calculator, sparsity_distributions, sparsity_schedules, sparsity_types
 from ._tree import is_none, map_with_keys
 
@@ -221,8 +222,6 @@ class NoPruning(BaseUpdater):
 def leafwise_scores(score, params, grads=None, keys=None, **posterior):
     """Scores of `bmr_eqx` score object `score` for every array leaf of `params` (None stays None):
     each leaf is seen as a `bmr_eqx.Leaf` with its gradient, PRNG key and posterior statistics."""
-    from .._scores import Leaf
-
     treedef = jax.tree.structure(params, is_leaf=is_none)
     leaves = treedef.flatten_up_to(params)
 
