@@ -1,6 +1,7 @@
 """blrax's IVON interface (`import bmr_eqx.compat.blrax as blrax`): the curvature lives in the
-optimizer state, the parameters are a plain pytree. Both functions delegate to `bmr_eqx.ivon` and
-`bmr_eqx.noisy_value_and_grad` over a `bmr_eqx.Posterior` assembled from that state.
+optimizer state, the parameters are a plain pytree. `ivon`, `noisy_value_and_grad`, `get_scale`
+and `sample_posterior` delegate to `bmr_eqx.ivon`, `bmr_eqx.noisy_value_and_grad` and
+`bmr_eqx.Posterior` over a posterior assembled from that state.
 """
 
 import math
