@@ -21,6 +21,7 @@ same optimizer, and plots test accuracy over training for seed 0.
 """
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -75,26 +76,21 @@ def dense_loss(model, x, y):
     return loss_fn(bx.straight_through(model), x, y)
 
 
-def train(pruner, start, optimizer, data, *, steps, seed, label=""):
-    """Train `Sparse(mlp)` with masked adam, or `Posterior(Sparse(mlp))` with IVON, updating the masks
-    with `pruner` after every step; returns the history and the final test metrics."""
+@functools.cache
+def step_functions(optimizer: str, steps: int):
+    """`(opt, step, evaluate)` for `"adam"` or `"ivon"` and a run length, built once: the jitted
+    functions take the pruner and the data as arguments, so every seed reuses one compilation per
+    method instead of compiling afresh."""
     hp = HPARAMS["mlp"]
-    x_tr, y_tr, x_te, y_te = data
-    key_model, key_mask, key_run = jax.random.split(jax.random.key(seed), 3)
-    model = bx.Sparse(make_model("mlp", key_model))
-    if start == "random":  # the same start for every method of a seed
-        model = bx.StaticRandomSparse(sparsity=SPARSITY, distribution="erk").prune(model, key=key_mask)
     bayes = optimizer == "ivon"
     if bayes:
-        model = bx.Posterior(model, ess=x_tr.shape[0], weight_decay=hp["weight_decay"], hess_init=hp["hess_init"])
         opt = bx.ivon(optax.cosine_decay_schedule(IVON_LR, steps), b2=hp["b2"])
         value_and_grad = bx.noisy_value_and_grad(dense_loss)
     else:
         opt = bx.masked_updates(optax.adam(optax.cosine_decay_schedule(ADAM_LR, steps)))
-    opt_state = opt.init(model)
 
     @eqx.filter_jit
-    def step(model, opt_state, i, key):
+    def step(model, opt_state, i, key, pruner, x_tr, y_tr):
         k_batch, k_noise, k_prune = jax.random.split(key, 3)
         idx = jax.random.randint(k_batch, (hp["batch_size"],), 0, x_tr.shape[0])
         if bayes:
@@ -108,12 +104,35 @@ def train(pruner, start, optimizer, data, *, steps, seed, label=""):
         return new, bx.reset_regrown(opt_state, model, new)
 
     @eqx.filter_jit
-    def evaluate(model, key):
+    def evaluate(model, key, x_te, y_te):
         def probs_of(m):
             return jax.nn.softmax(jax.vmap(m)(x_te))
 
         probs = model.predict(probs_of, key, hp["pred_samples"]) if bayes else probs_of(model)
         return bx.classification_metrics(probs, y_te, num_bins=10), bx.sparsity_summary(model)["total"]
+
+    return opt, step, evaluate
+
+
+def train(pruner, start, optimizer, data, *, steps, seed, label=""):
+    """Train `Sparse(mlp)` with masked adam, or `Posterior(Sparse(mlp))` with IVON, updating the masks
+    with `pruner` after every step; returns the history and the final test metrics."""
+    hp = HPARAMS["mlp"]
+    x_tr, y_tr, x_te, y_te = data
+    key_model, key_mask, key_run = jax.random.split(jax.random.key(seed), 3)
+    model = bx.Sparse(make_model("mlp", key_model))
+    if start == "random":  # the same start for every method of a seed
+        model = bx.StaticRandomSparse(sparsity=SPARSITY, distribution="erk").prune(model, key=key_mask)
+    if optimizer == "ivon":
+        model = bx.Posterior(model, ess=x_tr.shape[0], weight_decay=hp["weight_decay"], hess_init=hp["hess_init"])
+    opt, step_fn, evaluate_fn = step_functions(optimizer, steps)
+    opt_state = opt.init(model)
+
+    def step(model, opt_state, i, key):
+        return step_fn(model, opt_state, i, key, pruner, x_tr, y_tr)
+
+    def evaluate(model, key):
+        return evaluate_fn(model, key, x_te, y_te)
 
     history = {"step": [], "accuracy": [], "sparsity": []}
     keys = jax.random.split(key_run, steps + 1)
