@@ -34,8 +34,8 @@ def _prunable(params, masks):
 
 
 @pytest.mark.parametrize("name,algorithm", [
-    ("mlp", "magnitude"), ("cnn", "rigl"), ("transformer", "magnitude"),
-    pytest.param("transformer", "rigl", marks=pytest.mark.slow),
+    ("mlp", "rigl"), ("cnn", "magnitude"), ("transformer", "magnitude"),
+    pytest.param("cnn", "rigl", marks=pytest.mark.slow), pytest.param("transformer", "rigl", marks=pytest.mark.slow),
 ])
 def test_updaters_train_equinox_models(name, algorithm):
     model, state = build(name)
