@@ -91,17 +91,14 @@ def masked_updates(
             updates = mask_gradients(updates, params)
         train = trainable(params)
 
-        def step():
-            new, inner = inner_tx.update(updates, state.inner, train, **extra_args)
-            return zero_pruned_updates(new, params), inner
-
-        if skip_schedule is None:
-            new, inner = step()
-        else:
-            def skip():
-                return zero_pruned_updates(jax.tree.map(jnp.zeros_like, updates), params), state.inner
-
-            new, inner = jax.lax.cond(skip_schedule.is_update_step(state.count), skip, step)
+        new, inner = inner_tx.update(updates, state.inner, train, **extra_args)
+        new = zero_pruned_updates(new, params)
+        if skip_schedule is not None:
+            # a select, not a lax.cond: a cond would copy the optimizer state at every step
+            skip = skip_schedule.is_update_step(state.count)
+            moved = zero_pruned_updates(jax.tree.map(jnp.zeros_like, new), params)
+            new = jax.tree.map(lambda z, u: jnp.where(skip, z, u), moved, new)
+            inner = jax.tree.map(lambda old, now: jnp.where(skip, old, now), state.inner, inner)
         return new, MaskedUpdatesState(inner, state.count + 1)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -13,7 +13,7 @@ from ._schedules import AbstractSchedule, NoUpdateSchedule, OneShotSchedule
 from ._scores import AbstractScore, Leaf
 from ._selection import AbstractSelection, AbstractStructure, Channel, Unit, Unstructured
 from ._sites import Site, find_sites, join_path, no_sparse_error, replace_sites
-from ._sparse import Sparse, apply_masks, check_masks
+from ._sparse import Sparse, check_masks
 from ._tree import PyTree, path_str
 
 
@@ -37,7 +37,7 @@ class _Entry(NamedTuple):
     hess_key: str | None  # the leaf's key in its posterior's hess
 
     def scored_leaf(self) -> Leaf:
-        """The leaf as scores see it (computed inside the update's lax.cond): pruned entries at 0
+        """The leaf as scores see it (computed inside the update branch): pruned entries at 0
         (unless straight-through), and the data curvature (the initial value removed) beside h."""
         leaf = self.leaf
         if not self.straight_through:
@@ -211,27 +211,39 @@ class Pruner(eqx.Module):
         return [e.leaf.mask if m is None else m for e, m in zip(entries, new)]
 
     @staticmethod
-    def _put(model: PyTree, entries: Sequence[_Entry], masks: Sequence[Array], zero_weights: bool,
+    def _zeroed(entries: Sequence[_Entry], masks: Sequence[Array], old: Sequence[Array] | None,
+                zero_straight_through: bool) -> list[Array]:
+        """The weights of `entries` with their pruned entries set to 0 (a straight-through model's,
+        which keep training, only with `zero_straight_through`) and, when the selection regrows
+        (`old`: the masks before), the regrown ones too, so they start from 0."""
+        out = []
+        for j, (e, m) in enumerate(zip(entries, masks)):
+            w = e.leaf.weight
+            keep = m if zero_straight_through or not e.straight_through else None
+            if old is not None:
+                fresh = ~old[j] & m
+                keep = ~fresh if keep is None else keep & ~fresh
+            out.append(w if keep is None else jnp.where(keep, w, jnp.zeros((), w.dtype)))
+        return out
+
+    @staticmethod
+    def _put(model: PyTree, entries: Sequence[_Entry], masks: Sequence[Array], weights: Sequence[Array],
              regrown: Sequence[Array] | None = None) -> PyTree:
-        """`model` with `masks` in place; `zero_weights`: pruned weights set to 0; `regrown` (masks of
-        the weights grown back): those weights set to 0 and their posterior curvature to `hess_init`."""
-        per_site: dict[int, dict[str, Array]] = {}
-        for e, m in zip(entries, masks):
-            per_site.setdefault(e.site, {})[e.key] = m
+        """`model` with `masks` and `weights` of `entries` in place; `regrown` (masks of the weights
+        grown back): their posterior curvature back to `hess_init`."""
+        per_site: dict[int, dict[str, tuple[Array, Array]]] = {}
+        for e, m, w in zip(entries, masks, weights):
+            per_site.setdefault(e.site, {})[e.key] = (m, w)
         if regrown is not None:
             model = _reset_curvature(model, entries, regrown)
-            grown_site: dict[int, dict[str, Array]] = {}
-            for e, g in zip(entries, regrown):
-                grown_site.setdefault(e.site, {})[e.key] = ~g
 
         def rebuild(i: int, sparse: Sparse) -> Sparse:
             new = per_site.get(i)
             if new is None:
                 return sparse
-            masks_i = {**sparse.masks, **new}
-            inner = apply_masks(sparse.model, new) if zero_weights else sparse.model
-            if regrown is not None:
-                inner = apply_masks(inner, grown_site[i])
+            flat, treedef = jax.tree_util.tree_flatten_with_path(sparse.model)
+            inner = treedef.unflatten([new[k][1] if (k := path_str(p)) in new else x for p, x in flat])
+            masks_i = {**sparse.masks, **{k: m for k, (m, _) in new.items()}}
             return eqx.tree_at(lambda s: (s.model, s.masks), sparse, (inner, masks_i))
 
         return replace_sites(model, rebuild)
@@ -248,12 +260,11 @@ class Pruner(eqx.Module):
     ) -> PyTree:
         """Recompute the masks if the schedule says so at `step`; otherwise return `model` unchanged.
 
-        Works inside `eqx.filter_jit` with a traced `step` (the recomputation runs under `lax.cond`,
-        which carries only the masks). The masks change, not the weights: the forward pass sees
-        newly pruned weights as exactly 0 at once, and `masked_updates` / `ivon` set their stored
-        values to exactly 0 at the next step. The one exception is a selection that regrows
-        (`DropAndGrow`): regrown weights are set to exactly 0 and their posterior curvature back
-        to `hess_init`.
+        Works inside `eqx.filter_jit` with a traced `step`: the recomputation runs only on update
+        steps, in a branch that updates the masks and the pruned weights in place, so the other
+        steps cost nothing (no pass over the weights). Newly pruned weights are set to exactly 0 (a straight-through
+        model keeps training them, so keeps their values); weights regrown by a `DropAndGrow`
+        selection start at exactly 0, with their posterior curvature back at `hess_init`.
 
         **Arguments:**
 
@@ -286,16 +297,29 @@ class Pruner(eqx.Module):
         # the schedule sets the sparsity
         do = self.schedule.has_started(step) if self.straight_through else self.schedule.is_update_step(step)
         old = [e.leaf.mask for e in entries]
+        regrows = self.selection.regrows
 
-        def recompute():
-            return self._new_masks(entries, lambda t: self.schedule.sparsity(step, t), step)
+        # Only an update step changes masks, so the newly pruned (and regrown) weights are zeroed in
+        # the same branch. The branch is a while loop run at most once, not a lax.cond: XLA updates a
+        # loop's carry in place, while a cond copies every array its other branch passes through,
+        # which would cost the steady-state step a pass over the pruned weights.
+        def recompute(masks: list[Array], weights: list[Array]) -> tuple[list[Array], list[Array]]:
+            now = [e._replace(leaf=e.leaf._replace(weight=w, mask=m)) for e, m, w in zip(entries, masks, weights)]
+            new = self._new_masks(now, lambda t: self.schedule.sparsity(step, t), step)
+            return new, self._zeroed(now, new, masks if regrows else None, zero_straight_through=False)
 
+        weights = [e.leaf.weight for e in entries]
         if isinstance(do, jax.core.Tracer):
-            new = jax.lax.cond(do, recompute, lambda: old)
+            def once(carry: tuple) -> tuple:
+                return (jnp.zeros_like(carry[0]), *recompute(carry[1], carry[2]))
+
+            _, new, weights = jax.lax.while_loop(lambda carry: carry[0], once, (do, old, weights))
+        elif bool(do):
+            new, weights = recompute(old, weights)
         else:
-            new = recompute() if bool(do) else old
-        regrown = [n & ~o for n, o in zip(new, old)] if self.selection.regrows else None
-        return self._put(model, entries, new, zero_weights=False, regrown=regrown)
+            new = old
+        regrown = [n & ~o for n, o in zip(new, old)] if regrows else None
+        return self._put(model, entries, new, weights, regrown=regrown)
 
     def prune(self, model: PyTree, *, grads: PyTree = None, key: PRNGKeyArray | None = None) -> PyTree:
         """One-shot pruning to the final target sparsity, ignoring the schedule.
@@ -327,7 +351,8 @@ class Pruner(eqx.Module):
 
     def _prune(self, model: PyTree, grads: PyTree, key: PRNGKeyArray | None) -> PyTree:
         _, entries = self._entries(model, grads, key, one_shot=True)
-        return self._put(model, entries, self._new_masks(entries, lambda t: t), zero_weights=True)
+        new = self._new_masks(entries, lambda t: t)
+        return self._put(model, entries, new, self._zeroed(entries, new, None, zero_straight_through=True))
 
 
 def _reset_curvature(model: PyTree, entries: Sequence[_Entry], regrown: Sequence[Array]) -> PyTree:

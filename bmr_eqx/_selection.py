@@ -11,6 +11,7 @@ from jaxtyping import Array
 from ._bmr import spike_and_slab_mask
 from ._distributions import Distribution, as_distribution, as_sparsity, leaf_sparsities
 from ._masks import (
+    after,
     global_topk_masks,
     keep_best,
     keep_count,
@@ -23,6 +24,21 @@ from ._masks import (
 from ._scores import AbstractScore, Leaf
 
 SparsityAt = Callable[[Any], Any]
+
+
+def in_turn(units: Sequence["Unit"], fn: Callable[["Unit"], Array | None]) -> list[Array | None]:
+    """`[fn(u) for u in units]`, each unit's scores computed only once the previous unit's result
+    is: XLA then selects one leaf after the other and reuses the scratch memory (an update needs
+    that of the largest leaf, not of the whole model)."""
+    out: list[Array | None] = []
+    done: Array | None = None
+    for u in units:
+        if done is not None:
+            u = u._replace(scores=after(u.scores, done))
+        result = fn(u)
+        done = result if result is not None else done
+        out.append(result)
+    return out
 
 
 # ---- structures ----------------------------------------------------------------------------------
@@ -200,7 +216,8 @@ class TopK(AbstractSelection):
             return global_topk_masks(scores, sparsity)
         shapes = {u.leaf.path: tuple(u.leaf.weight.shape) for u in units}
         targets = leaf_sparsities(shapes, self.sparsity, self.distribution)
-        return [None if targets[u.leaf.path] is None else topk_mask(u.scores, sparsity_at(targets[u.leaf.path])) for u in units]
+        return in_turn(units, lambda u: None if targets[u.leaf.path] is None
+                       else topk_mask(u.scores, sparsity_at(targets[u.leaf.path])))
 
 
 class NByM(AbstractSelection):
@@ -236,8 +253,8 @@ class NByM(AbstractSelection):
                     f"N:M with m={self.m} needs the length of axis {self.axis} of `{path}` (shape {shape}) to be "
                     f"divisible by {self.m}; leave this leaf dense (keep_dense=...) or choose another m or axis."
                 )
-            out.append(nm_mask(u.scores, self.n, self.m, self.axis))
-        return out
+            out.append(u)
+        return in_turn(out, lambda u: nm_mask(u.scores, self.n, self.m, self.axis))
 
 
 class Threshold(AbstractSelection):
@@ -357,11 +374,11 @@ class DropAndGrow(AbstractSelection):
         f = None if step is None else self.fraction(step)  # None: only prune to the target (one-shot)
         check = self._masked_gradient_check(units) if f is not None and "grad" in self.grow.requires else None
         if self.n_by_m is not None:
-            return [self._nm(u, f, check) for u in units]
+            return in_turn(units, lambda u: self._nm(u, f, check))
         shapes = {u.leaf.path: tuple(u.leaf.weight.shape) for u in units}
         targets = leaf_sparsities(shapes, self.sparsity, self.distribution)  # exact counts: Python floats
-        return [None if targets[u.leaf.path] is None else self._unstructured(u, targets[u.leaf.path], f, check)
-                for u in units]
+        return in_turn(units, lambda u: None if targets[u.leaf.path] is None
+                       else self._unstructured(u, targets[u.leaf.path], f, check))
 
     @staticmethod
     def _masked_gradient_check(units: Sequence[Unit]) -> Array:

@@ -63,6 +63,29 @@ def apply_masks(model: PyTree, masks: Mapping[str, Any], straight_through: bool 
     return treedef.unflatten(out)
 
 
+@jax.custom_jvp
+def _stored_zeros(w: Any, mask: Any) -> Any:
+    """`w` itself, whose pruned entries are stored as exactly 0; derivatives (forward and reverse
+    mode) are 0 at the pruned entries. Costs nothing in the forward pass, unlike `jnp.where`."""
+    return w
+
+
+@_stored_zeros.defjvp
+def _stored_zeros_jvp(primals: tuple, tangents: tuple) -> tuple:
+    w, mask = primals
+    dw, _ = tangents
+    return w, jnp.where(mask, dw, jnp.zeros((), dw.dtype))
+
+
+def _with_stored_zeros(model: PyTree, masks: Mapping[str, Any]) -> PyTree:
+    flat, treedef = jax.tree_util.tree_flatten_with_path(model)
+    out = []
+    for p, w in flat:
+        m = masks.get(path_str(p))
+        out.append(w if m is None else _stored_zeros(w, m))
+    return treedef.unflatten(out)
+
+
 class Sparse(AbstractWrapper):
     """A model with pruning masks stored inside the pytree.
 
@@ -72,15 +95,18 @@ class Sparse(AbstractWrapper):
     `eqx.nn.inference_mode`, `eqx.nn.make_with_state`, `eqx.nn.Shared`, `eqx.filter_vmap` and
     `eqx.tree_serialise_leaves` see the wrapped model exactly as it is.
 
-    Calling it calls the masked model, so pruned weights contribute exactly 0 and get exactly 0
-    gradient. Masks are bool arrays: `eqx.filter_value_and_grad` gives them no gradient,
-    `bmr_eqx.trainable` and `eqx.is_inexact_array` keep them out of optimizer state, and changing
-    their values inside `eqx.filter_jit` never recompiles.
+    Pruned weights are *stored* as exactly 0: `Sparse(model, masks=...)` sets them to 0, and so do
+    the pruners (`prune`, `update`), `masked_updates` and `ivon` whenever they change masks or
+    weights. Calling the model (or `s.masked()`, the same model for functions that take weights)
+    therefore runs the wrapped model on its weights as they are, at the cost of a dense forward
+    pass with no masking pass, and gives pruned weights exactly 0 derivatives (forward and reverse
+    mode), so any optax optimizer started on the pruned model keeps them at 0. To replace masks by
+    hand, build `Sparse(s.model, masks=new_masks)` (which zeroes the newly pruned weights) rather
+    than editing `s.masks` with `eqx.tree_at`.
 
-    The stored weights of pruned entries are set to exactly 0 by `pruner.prune`, and by
-    `masked_updates` / `ivon` at their first step after a `pruner.update` (which changes the
-    masks, not the weights, apart from setting regrown weights to 0). The forward pass sees 0
-    either way.
+    Masks are bool arrays: `eqx.filter_value_and_grad` gives them no gradient, `bmr_eqx.trainable`
+    and `eqx.is_inexact_array` keep them out of optimizer state, and changing their values inside
+    `eqx.filter_jit` never recompiles.
 
     **Arguments:**
 
@@ -91,7 +117,8 @@ class Sparse(AbstractWrapper):
       matrices and kernels of layers are prunable (Linear, Conv, ConvTranspose, Embedding, GRU and
       LSTM cells, attention projections, scan-over-layers stacks of them; see the docs' "How it
       works" page), never biases or normalisation scales.
-    - `masks`: start from these masks (`{path: bool array}`) instead of all-ones.
+    - `masks`: start from these masks (`{path: bool array}`) instead of all-ones; the pruned
+      weights of `model` are set to 0 (not for a straight-through model).
     - `straight_through`: the forward pass still sees pruned weights as 0, but their gradient is
       passed straight through (as if unmasked) so they keep training and may come back; optimizers
       then leave them alone (for `SteBMRPruning` and other straight-through pruners).
@@ -114,7 +141,7 @@ class Sparse(AbstractWrapper):
         if is_wrapper(model) or any(is_wrapper(x) for x in jax.tree.leaves(model, is_leaf=is_wrapper)):
             raise TypeError(
                 "The model already holds a bmr_eqx Sparse or Posterior; wrap the plain model (Sparse inside "
-                "Posterior, never the other way round), or change existing masks with eqx.tree_at."
+                "Posterior, never the other way round); to replace the masks of a Sparse `s`, build `Sparse(s.model, masks=new_masks)`."
             )
         if masks is None:
             paths = prunable_paths(model, filter_spec, where, filter_fn)
@@ -122,6 +149,10 @@ class Sparse(AbstractWrapper):
             masks = {p: jnp.ones(leaves[p].shape, bool) for p in paths}
         elif filter_spec is not None or where is not None or filter_fn is not None:
             raise TypeError("Pass either masks or a leaf selector (filter_spec/where/filter_fn), not both.")
+        else:
+            check_masks(model, masks)
+            if not straight_through:
+                model = apply_masks(model, masks)
         self.model = model
         self.masks = dict(masks)
         self.straight_through = straight_through
@@ -136,9 +167,13 @@ class Sparse(AbstractWrapper):
         return {} if self.straight_through else self.masks
 
     def masked(self) -> PyTree:
-        """The wrapped model with its masks applied (pruned entries exactly 0)."""
+        """The wrapped model as the forward pass sees it: pruned weights exactly 0, with exactly 0
+        derivatives (for a straight-through model: the masks applied, derivatives passed through).
+        Costs no pass over the weights, which store pruned entries as 0 already."""
         check_masks(self.model, self.masks)  # again: eqx.tree_at edits skip __check_init__
-        return apply_masks(self.model, self.masks, self.straight_through)
+        if self.straight_through:
+            return apply_masks(self.model, self.masks, straight_through=True)
+        return _with_stored_zeros(self.model, self.masks)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Calls the masked model: `self.masked()(*args, **kwargs)`."""

@@ -81,6 +81,30 @@ def test_topk_sort_path_matches_cpu_path(ties):
     np.testing.assert_array_equal(bx.topk_mask(jnp.array([0.0, -0.0, 1.0]), 1 / 3), [True, False, True])
 
 
+@pytest.mark.parametrize("pattern", ["normal", "abs", "ties", "constant", "periodic", "sorted", "three values", "half inf"])
+def test_topk_cpu_path_with_sampled_bracket_matches_sort_path(pattern, monkeypatch):
+    # Large leaves take a path that brackets the threshold from a sample first; a misleading sample
+    # (periodic rows, few distinct values, sorted scores) must fall back, never change the mask.
+    from bmr_eqx import _masks
+    from bmr_eqx._masks import _SAMPLE, _keep_top_keys_cpu, _keep_top_keys_sort, _order_key
+
+    monkeypatch.setattr(_masks, "_BRACKET_MIN", 0)  # bracket leaves of any size >= 4 samples
+    n = 4 * _SAMPLE + 1234
+    rng = np.random.default_rng(0)
+    x = {
+        "normal": rng.normal(size=n), "abs": np.abs(rng.normal(size=n)), "ties": np.round(rng.normal(size=n)),
+        "constant": np.ones(n), "periodic": np.resize(rng.normal(size=512), n), "sorted": np.sort(rng.normal(size=n)),
+        "three values": rng.integers(0, 3, n).astype(float),
+        "half inf": np.where(rng.random(n) < 0.5, np.inf, rng.normal(size=n)),
+    }[pattern]
+    keys = _order_key(jnp.asarray(x, jnp.float32))
+    cpu, srt = jax.jit(_keep_top_keys_cpu), jax.jit(_keep_top_keys_sort)
+    for k in [1, 7, n // 100, n // 10, n // 2, n - 5, n]:
+        got = cpu(keys, jnp.int32(k))
+        assert int(got.sum()) == k
+        np.testing.assert_array_equal(got, srt(keys, jnp.int32(k)))
+
+
 def structured_mask(structure, scores, sparsity, path="w"):
     """What the pruner does with a structure: check the leaf, pool its scores into groups, keep the
     top groups, and expand the kept groups to a mask of the leaf's shape."""
