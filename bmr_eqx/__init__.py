@@ -78,6 +78,7 @@ from ._selection import (
     Unit as Unit,
     Unstructured as Unstructured,
 )
+from ._sharding import shard as shard
 from ._sites import straight_through as straight_through
 from ._sparse import Sparse as Sparse
 from ._tree import trainable as trainable
