@@ -31,3 +31,13 @@ def test_bench_all_prints_one_table(command_output):
     assert float(rows["steady / dense: bmr_eqx"]) > 0 and float(rows["IVON / adam: bmr_eqx"]) > 0
     assert rows["steady / dense: JaxPruner"] == "-"  # no source tree given: no JaxPruner column
     assert "top-k over 1,000 scores" in out.stdout
+
+
+@pytest.mark.command([sys.executable, str(BENCH / "bench_export.py"), "--width", "32", "--depth", "2", "--batch", "4",
+                      "--reps", "1"], timeout=300)
+def test_bench_export_prints_ratios(command_output):
+    out = command_output
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["90%", "95%", "99%", "2:4", "1:4"]
+    assert all(float(r[-1]) > 0 and float(r[-4]) > 0 for r in rows)
