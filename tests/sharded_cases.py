@@ -1,6 +1,7 @@
 """Pruning on a device mesh: 8 simulated CPU devices, so this file runs in a process of its own
 (`test_sharding.py`), leaving the rest of the suite on one device. Run it directly with
-`pytest tests/sharded_cases.py`."""
+`pytest tests/sharded_cases.py` (`-m slow` adds training on a mesh for the CNN and the transformer;
+sharded pruning is checked on all three models by default)."""
 
 import jax
 
@@ -89,7 +90,8 @@ def test_per_leaf_topk_exchanges_counts_not_leaves():
     assert "all-gather" not in hlo
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "transformer"])
+@pytest.mark.parametrize("name", ["mlp", pytest.param("cnn", marks=pytest.mark.slow),
+                                  pytest.param("transformer", marks=pytest.mark.slow)])
 def test_training_with_pruning_on_a_mesh_equals_one_device(name):
     model, state = build(name)
     x, y = MODELS[name][1]()

@@ -12,7 +12,13 @@ def test_sharded_cases_on_eight_devices_in_their_own_process(command_output):
     assert_pytest_passed(command_output)
 
 
-@pytest.mark.command([sys.executable, str(TESTS.parent / "examples" / "sharded_digits.py"), "--steps", "60"],
+@pytest.mark.slow
+@pytest_in_own_process("sharded_cases.py", "-m", "slow")
+def test_sharded_slow_cases_on_eight_devices_in_their_own_process(command_output):
+    assert_pytest_passed(command_output)
+
+
+@pytest.mark.command([sys.executable, str(TESTS.parent / "examples" / "sharded_digits.py"), "--steps", "24"],
                      timeout=600, cwd=TESTS.parent)
 def test_sharded_example_trains_on_eight_devices_like_on_one(command_output):
     pytest.importorskip("sklearn")
