@@ -10,6 +10,7 @@ from ._bmr import (
     spike_and_slab_mask as spike_and_slab_mask,
     spike_and_slab_threshold as spike_and_slab_threshold,
 )
+from ._compact import compact as compact
 from ._curvature import curvature_report as curvature_report, refresh_curvature as refresh_curvature
 from ._distributions import erk_sparsities as erk_sparsities, leaf_sparsities as leaf_sparsities
 from ._export import NMMatrix as NMMatrix, to_bcoo as to_bcoo
