@@ -183,7 +183,9 @@ def ivon(
         count = state.count + 1
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
         alpha = lr * (post.hess_init + delta) if rescale_lr else lr
-        refresh = state.count % hess_update_every == 0
+        # every step (the default): no select, which would make the mean's update read the old
+        # curvature and XLA copy it before updating it in place
+        refresh = True if isinstance(every, int) and every == 1 else state.count % hess_update_every == 0
         debias = 1 - b1 ** count.astype(jnp.float32)
 
         momentum, d_mean, d_hess = [], [], {}
@@ -191,8 +193,11 @@ def ivon(
             dt = p.leaf.dtype
             h, hh = post.hess[p.path], hess_estimate[p.path].astype(post.hess[p.path].dtype)
             g = (b1 * g + (1 - b1) * gh).astype(g.dtype)
-            h_next = b2 * h + (1 - b2) * hh + 0.5 * (1 - b2) ** 2 * (h - hh) ** 2 / (h + delta)
-            h_new = jnp.where(refresh, h_next, h).astype(h.dtype)
+            # one division at the end: XLA then computes h_next once and stores it, instead of
+            # recomputing ĥ (and reading the old mean) in the fusions that write the new mean and
+            # curvature, which would make it copy both before updating them in place
+            h_next = ((b2 * h + (1 - b2) * hh) * (h + delta) + 0.5 * (1 - b2) ** 2 * (h - hh) ** 2) / (h + delta)
+            h_new = (h_next if refresh is True else jnp.where(refresh, h_next, h)).astype(h.dtype)
             step = ((g / debias.astype(dt) + delta * p.leaf) / (h_new + delta)).astype(dt)
             momentum.append(g)
             d_mean.append((-jnp.asarray(alpha, dt) * jnp.clip(step, -clip_radius, clip_radius)).astype(dt))
@@ -200,7 +205,7 @@ def ivon(
         d_mean = keep_pruned_at_zero(ps, d_mean)
         mean_updates = jax.tree.structure(trainable(post.mean)).unflatten(d_mean)
         w = post.init_weight
-        d_w = jnp.where(refresh, w * b2, w) - w  # the weight of hess_init in h decays by b2 per refresh
+        d_w = (w * b2 if refresh is True else jnp.where(refresh, w * b2, w)) - w  # hess_init's weight decays by b2
         updates = eqx.tree_at(
             lambda q: (q.mean, q.hess, q.init_weight), post, (mean_updates, d_hess, d_w), is_leaf=lambda x: x is None
         )
