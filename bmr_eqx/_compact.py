@@ -8,10 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._posterior import Posterior
-from ._sites import find_sites, join_path, no_sparse_error
+from ._sites import find_sites, join_path, no_sparse_error, unwrap
 from ._sparse import Sparse, apply_masks
-from ._tree import PyTree, is_wrapper, path_str
+from ._tree import PyTree, path_str
 
 
 def _is_elementwise(fn: Any) -> bool:
@@ -35,6 +34,9 @@ def _linear(weight: np.ndarray, bias: np.ndarray | None, like: eqx.nn.Linear) ->
 def _compact_mlp(mlp: eqx.nn.MLP, path: str, masks: dict[str, Any], left: dict[str, str]) -> eqx.nn.MLP:
     """`mlp` (its pruned weights at 0) without the hidden units that are dead (every input weight
     pruned: a constant, folded into the next layer's bias) or unused (every output weight pruned)."""
+    if any(lin.weight.ndim != 2 for lin in mlp.layers):
+        left[path or "(root)"] = "its weights are stacked (scan over layers, an ensemble): compact each member"
+        return mlp
     if not _is_elementwise(mlp.activation):
         left[path or "(root)"] = "its activation is not elementwise, so a unit cannot be removed alone"
         return mlp
@@ -100,16 +102,7 @@ def compact(model: PyTree) -> PyTree:
     if not find_sites(model):
         raise no_sparse_error(model)
     left: dict[str, str] = {}
-
-    def each(p: Any, node: Any) -> Any:
-        if not is_wrapper(node):
-            return node
-        prefix = path_str(p).lstrip(".")
-        if isinstance(node, Posterior):
-            node, prefix = node.mean, join_path(prefix, "mean")
-        return _compact(node, prefix, left) if isinstance(node, Sparse) else node
-
-    out = jax.tree_util.tree_map_with_path(each, model, is_leaf=is_wrapper)
+    out = unwrap(model, lambda sparse, prefix: _compact(sparse, prefix, left))
     if left:
         warnings.warn("compact left these as they are: " + "; ".join(f"`{k}`: {v}" for k, v in left.items()),
                       stacklevel=2)

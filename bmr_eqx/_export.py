@@ -10,10 +10,9 @@ import numpy as np
 from jax.experimental import sparse as jsparse
 from jaxtyping import Array, Float, Int
 
-from ._posterior import Posterior
-from ._sites import find_sites, no_sparse_error
+from ._sites import find_sites, join_path, no_sparse_error, unwrap
 from ._sparse import Sparse, apply_masks
-from ._tree import PyTree, is_wrapper, path_str
+from ._tree import PyTree, path_str
 
 # Above this density a BCOO product is slower than the dense one on CPU (benchmarks/bench_export.py,
 # 1024x1024 `eqx.nn.Linear` layers on a 2-core CPU, jax 0.10.2: one example at 99% sparsity 0.57x
@@ -51,7 +50,8 @@ def _nm_matrix(w: np.ndarray, mask: np.ndarray, n: int, m: int, path: str) -> NM
     out, inp = mask.shape
     if inp % m or not np.all(mask.reshape(out, inp // m, m).sum(-1) == n):
         raise ValueError(f"The mask of `{path}` is not {n}:{m} along its input axis (every group of {m} "
-                         f"consecutive inputs keeping exactly {n}); prune it with NByM({n}, {m}) or leave out n_by_m.")
+                         f"consecutive inputs keeping exactly {n}); prune it with NByM({n}, {m}), keep it dense (a mask "
+                         "of all True stays a dense matrix), or leave out n_by_m.")
     cols = np.nonzero(mask)[1].reshape(out, inp // m * n).astype(np.int32)  # row-major: sorted per row
     return NMMatrix(jnp.asarray(np.take_along_axis(w, cols, 1)), jnp.asarray(cols), (out, inp))
 
@@ -74,9 +74,15 @@ def _export(sparse: Sparse, n_by_m: tuple[int, int] | None, prefix: str, left: d
         mask = sparse.masks.get(key)
         if mask is None:
             return node
+        full = join_path(prefix, key)
+        if node.weight.ndim != 2:
+            left[full] = f"stacked Linear weights of shape {tuple(node.weight.shape)} (scan over layers, an ensemble)"
+            done.add(key)
+            return node
         done.add(key)
         w, mk = np.asarray(node.weight), np.asarray(mask)
-        full = f"{prefix}.{key}" if prefix else key
+        if mk.all():  # not pruned (e.g. kept dense by the pruner): stays a dense matrix
+            return node
         density = float(mk.mean())
         if density > 1.05 * BREAK_EVEN_DENSITY and n_by_m is None:  # 5%: rounding of the kept count
             dense_paths.append(f"{full} ({density:.0%})")
@@ -86,7 +92,7 @@ def _export(sparse: Sparse, n_by_m: tuple[int, int] | None, prefix: str, left: d
     model = jax.tree_util.tree_map_with_path(convert, model, is_leaf=lambda x: isinstance(x, eqx.nn.Linear))
     for key in sparse.masks:
         if key not in done:
-            left[f"{prefix}.{key}" if prefix else key] = "not the weight of an eqx.nn.Linear (only `weight @ x` runs sparse)"
+            left[join_path(prefix, key)] = "not the weight of an eqx.nn.Linear (only `weight @ x` runs sparse)"
     return model
 
 
@@ -105,7 +111,8 @@ def to_bcoo(model: PyTree, *, n_by_m: tuple[int, int] | None = None) -> PyTree:
 
     **Arguments:**
 
-    - `model`: any pytree holding `Sparse` models (a `Posterior` exports its mean).
+    - `model`: any pytree holding `Sparse` models (a `Posterior` exports its mean). A mask of all
+      True (a leaf the pruner kept dense) leaves its weight a dense matrix.
     - `n_by_m`: `(n, m)` to store N:M masks compressed instead (every mask converted must keep
       exactly `n` of every `m` consecutive inputs, as `NByM(n, m)` prunes).
 
@@ -119,17 +126,7 @@ def to_bcoo(model: PyTree, *, n_by_m: tuple[int, int] | None = None) -> PyTree:
         raise no_sparse_error(model)
     left: dict[str, str] = {}
     dense_paths: list[str] = []
-
-    def export(p: Any, node: Any) -> Any:
-        if not is_wrapper(node):
-            return node
-        prefix = path_str(p).lstrip(".")
-        if isinstance(node, Posterior):
-            node = node.mean
-            prefix = f"{prefix}.mean" if prefix else "mean"
-        return _export(node, n_by_m, prefix, left, dense_paths) if isinstance(node, Sparse) else node
-
-    out = jax.tree_util.tree_map_with_path(export, model, is_leaf=is_wrapper)
+    out = unwrap(model, lambda sparse, prefix: _export(sparse, n_by_m, prefix, left, dense_paths))
     if left:
         warnings.warn("to_bcoo left these masked leaves dense (pruned entries 0): "
                       + "; ".join(f"`{k}`: {v}" for k, v in left.items()), stacklevel=2)

@@ -16,6 +16,8 @@ from ._sites import Site, find_sites, join_path, no_sparse_error, replace_sites
 from ._sparse import Sparse, check_masks
 from ._tree import PyTree, path_str
 
+_AUTODIFF_TRACERS = ("JVPTracer", "LinearizeTracer")  # the tracers of jax.jvp / jax.grad / jax.linearize
+
 
 def _as_paths(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
@@ -309,7 +311,10 @@ class Pruner(eqx.Module):
             return new, self._zeroed(now, new, masks if regrows else None, zero_straight_through=False)
 
         weights = [e.leaf.weight for e in entries]
-        if isinstance(do, jax.core.Tracer):
+        if isinstance(do, jax.core.Tracer) and any(type(w).__name__ in _AUTODIFF_TRACERS for w in weights):
+            # differentiated through (a while loop has no reverse-mode rule): a cond, copies and all
+            new, weights = jax.lax.cond(do, lambda: recompute(old, weights), lambda: (old, weights))
+        elif isinstance(do, jax.core.Tracer):
             def once(carry: tuple) -> tuple:
                 return (jnp.zeros_like(carry[0]), *recompute(carry[1], carry[2]))
 

@@ -64,6 +64,13 @@ def _shardings(node: Any, prefix: str, rule: Rule) -> Any:
             if not isinstance(s, Sharding):
                 raise TypeError(f"The sharding rule returned {type(s).__name__} for `{path}`; return a "
                                 "jax.sharding.Sharding (e.g. NamedSharding(mesh, PartitionSpec('model', None))).")
+            try:
+                if isinstance(s, NamedSharding) and len(s.spec) > x.ndim:
+                    raise ValueError(f"{s.spec} names {len(s.spec)} axes.")
+                s.shard_shape(x.shape)
+            except Exception as e:
+                raise ValueError(f"The sharding the rule gave `{path}` (shape {tuple(x.shape)}) does not fit it: "
+                                 f"{str(e).splitlines()[0]} Replicate it, or shard an axis the mesh divides.") from None
             out.append(s)
         else:
             out.append(None)

@@ -112,3 +112,18 @@ def no_sparse_error(tree: PyTree) -> TypeError:
         f"No bmr_eqx.Sparse model found in {type(tree).__name__}. Wrap the model (or the part to prune) first: "
         "`bmr_eqx.Sparse(model)`; for a posterior, `bmr_eqx.Posterior(bmr_eqx.Sparse(model), ess=...)`."
     )
+
+
+def unwrap(tree: PyTree, fn: Callable[[Sparse, str], Any], prefix: str = "") -> PyTree:
+    """`tree` with every `Posterior` replaced by its mean and every `Sparse` `s` by `fn(s, path)`,
+    where `path` is the raw path of `s` from the root (for messages)."""
+
+    def each(p: Any, node: Any) -> Any:
+        if not _is_site(node):
+            return node
+        path = join_path(prefix, path_str(p).lstrip("."))
+        if isinstance(node, Posterior):
+            return unwrap(node.mean, fn, join_path(path, "mean"))
+        return fn(node, path)
+
+    return jax.tree_util.tree_map_with_path(each, tree, is_leaf=_is_site)

@@ -74,7 +74,8 @@ def _stored_zeros(w: Any, mask: Any) -> Any:
 def _stored_zeros_jvp(primals: tuple, tangents: tuple) -> tuple:
     w, mask = primals
     dw, _ = tangents
-    return w, jnp.where(mask, dw, jnp.zeros((), dw.dtype))
+    # the primal output goes through the rule again, so derivatives of every order see pruned weights as 0
+    return _stored_zeros(w, mask), jnp.where(mask, dw, jnp.zeros((), dw.dtype))
 
 
 def _with_stored_zeros(model: PyTree, masks: Mapping[str, Any]) -> PyTree:
@@ -100,9 +101,11 @@ class Sparse(AbstractWrapper):
     weights. Calling the model (or `s.masked()`, the same model for functions that take weights)
     therefore runs the wrapped model on its weights as they are, at the cost of a dense forward
     pass with no masking pass, and gives pruned weights exactly 0 derivatives (forward and reverse
-    mode), so any optax optimizer started on the pruned model keeps them at 0. To replace masks by
-    hand, build `Sparse(s.model, masks=new_masks)` (which zeroes the newly pruned weights) rather
-    than editing `s.masks` with `eqx.tree_at`.
+    mode, of every order), so any optax optimizer started on the pruned model keeps them at 0 while
+    the masks stay fixed (across mask updates, `masked_updates` keeps old momentum off them). To
+    replace masks, or after writing weights by hand or loading a checkpoint of bmr_eqx 0.2, build
+    `Sparse(s.model, masks=s.masks)` (which zeroes the pruned weights) rather than editing
+    `s.masks` with `eqx.tree_at`.
 
     Masks are bool arrays: `eqx.filter_value_and_grad` gives them no gradient, `bmr_eqx.trainable`
     and `eqx.is_inexact_array` keep them out of optimizer state, and changing their values inside

@@ -135,3 +135,10 @@ def test_a_sharding_rule_that_returns_something_else_is_named():
     model, _ = build("mlp")
     with pytest.raises(TypeError, match="layers\\[0\\].weight"):
         bx.shard(bx.Sparse(model), lambda path, leaf: "model")
+
+
+def test_a_sharding_that_does_not_fit_a_leaf_is_named():
+    model, _ = build("mlp")
+    eight_ways = NamedSharding(MESH, PartitionSpec(("data", "model"), None))  # 4 output rows: no fit
+    with pytest.raises(ValueError, match=r"`layers\[2\]\.weight` \(shape \(4, 32\)\) does not fit"):
+        bx.shard(bx.Sparse(model), lambda path, leaf: eight_ways if path == "layers[2].weight" else REPLICATED)

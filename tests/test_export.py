@@ -82,3 +82,28 @@ def test_posterior_exports_its_mean():
     exported = bx.to_bcoo(post)
     assert isinstance(exported.layers[0].weight, jsparse.BCOO)
     np.testing.assert_allclose(jax.vmap(exported)(x), jax.vmap(post.mean.masked())(x), rtol=1e-4, atol=1e-5)
+
+
+def test_export_of_nested_posteriors_stacks_and_kept_dense_leaves():
+    class Encoder(eqx.Module):
+        enc: bx.Sparse
+        head: eqx.nn.Linear
+
+        def __call__(self, x):
+            return self.head(self.enc(x))
+
+    x, _ = MODELS["mlp"][1]()
+    mlp, _ = build("mlp")
+    post = bx.Posterior(Encoder(bx.MagnitudePruning(sparsity=0.995).prune(bx.Sparse(mlp)),
+                                eqx.nn.Linear(4, 2, key=jax.random.key(1))), ess=1.0)
+    out = bx.to_bcoo(post)  # the Sparse inside the posterior's mean is found and unwrapped
+    assert type(out.enc).__name__ == "MLP" and isinstance(out.enc.layers[0].weight, jsparse.BCOO)
+    np.testing.assert_allclose(jax.vmap(out)(x), jax.vmap(post.mean)(x), rtol=1e-4, atol=1e-5)
+
+    two_four = bx.MagnitudePruning(sparsity_type="2:4", keep_dense=("layers[2].weight",)).prune(bx.Sparse(mlp))
+    nm = bx.to_bcoo(two_four, n_by_m=(2, 4))  # the leaf kept dense stays a dense matrix
+    assert isinstance(nm.layers[0].weight, bx.NMMatrix) and isinstance(nm.layers[2].weight, jax.Array)
+
+    scan, _ = build("scan")
+    with pytest.warns(UserWarning, match=r"`layers.weight`: stacked Linear weights of shape \(3, 16, 16\)"):
+        bx.to_bcoo(bx.MagnitudePruning(sparsity=0.995).prune(bx.Sparse(scan)))

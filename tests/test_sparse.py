@@ -319,3 +319,32 @@ def test_mask_update_scratch_is_that_of_the_largest_leaf_not_of_the_model():
     small, large = extra_bytes(2), extra_bytes(8)
     assert small <= 4 * leaf, small / leaf
     assert (large - small) / 6 <= leaf, (small / leaf, large / leaf)
+
+
+def test_derivatives_of_every_order_see_pruned_weights_as_zero():
+    lin = eqx.nn.Linear(3, 2, use_bias=False, key=jax.random.key(0))
+    mask = jnp.array([[True, False, True], [False, True, True]])
+    s = bx.Sparse(lin, masks={"weight": mask})
+    x = jnp.array([1.0, 2.0, -1.0])
+
+    def through_sparse(w):
+        return jnp.sum(jnp.sin(eqx.tree_at(lambda t: t.model.weight, s, w)(x)) ** 3)
+
+    def explicitly_masked(w):
+        return jnp.sum(jnp.sin(jnp.where(mask, w, 0) @ x) ** 3)
+
+    w = s.model.weight
+    np.testing.assert_allclose(jax.hessian(through_sparse)(w), jax.hessian(explicitly_masked)(w), atol=1e-6)
+    v = jnp.ones_like(w)
+    hvp = lambda f: jax.jvp(jax.grad(f), (w,), (v,))[1]  # noqa: E731
+    np.testing.assert_allclose(hvp(through_sparse), hvp(explicitly_masked), atol=1e-6)
+
+
+def test_gradients_flow_through_a_traced_pruner_update():
+    model = bx.Sparse(mlp())
+    pruner = bx.MagnitudePruning(sparsity=0.5, schedule=bx.PeriodicSchedule(every=2))
+    x = jnp.ones(6)
+    grad = eqx.filter_jit(eqx.filter_grad(lambda m, i: jnp.sum(pruner.update(m, i)(x) ** 2)))
+    for step in (0, 1):  # an update step and a step without one
+        g = grad(model, jnp.asarray(step))
+        assert float(jnp.abs(g.model.layers[0].weight).sum()) > 0
