@@ -5,8 +5,8 @@ it with `@pytest.mark.command(args, timeout=..., cwd=...)` and take the fixture 
 
 Such a process keeps one core busy while the suite's own process would only wait for it, so the
 selected tests' commands start as soon as collection ends, in the background, one after another in
-the order of the tests; each test, when its turn comes, waits for its command (if still running)
-and checks what it returned. With a core to spare the commands then add little to the suite's
+the order of the tests; those tests run after all the others, and each, when its turn comes, waits
+for its command (if still running) and checks what it returned. With a core to spare the commands then add little to the suite's
 time; with one core, nothing changes but the order in which the work is done. A command that runs
 past its timeout is killed and its test fails."""
 
@@ -81,6 +81,12 @@ class _Background:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
         self.thread.join(timeout=10)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that check a background command run last, so that the suite's own process runs every
+    other test meanwhile instead of waiting early for a command that has only just started."""
+    items.sort(key=lambda item: item.get_closest_marker("command") is not None)  # stable: order kept
 
 
 def pytest_collection_finish(session):

@@ -21,7 +21,7 @@ def structured(model, key=0, dead_rows=(3, 5), dead_cols=(6,)):
     return bx.Sparse(s.model, masks={**s.masks, "layers[0].weight": m0, "layers[2].weight": m2})
 
 
-@pytest.mark.parametrize("activation", [jax.nn.relu, jnp.tanh, jax.nn.sigmoid])
+@pytest.mark.parametrize("activation", [jax.nn.relu, jnp.tanh])
 def test_compacted_mlp_is_smaller_and_computes_the_same(activation):
     mlp = eqx.nn.MLP(16, 4, 32, 2, activation=activation, key=jax.random.key(0))
     # non-zero biases, so dead units carry a constant the next layer must absorb

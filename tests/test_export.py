@@ -45,20 +45,23 @@ def test_dense_export_is_warned_with_the_break_even():
         bx.to_bcoo(pruned)
 
 
-@pytest.mark.parametrize("n, m", [(2, 4), (1, 4), (4, 8)])
-def test_nm_export_is_compressed_and_exact(n, m):
-    model, _ = build("transformer")
-    x, _ = MODELS["transformer"][1]()
-    keep_dense = ("embed.weight",)
+@pytest.mark.parametrize("name, n, m", [("transformer", 2, 4), ("mlp", 1, 4), ("mlp", 4, 8)])
+def test_nm_export_is_compressed_and_exact(name, n, m):
+    model, _ = build(name)
+    x, _ = MODELS[name][1]()
+    keep_dense = ("embed.weight",) if name == "transformer" else ()
     pruned = bx.Pruner(bx.Magnitude(), bx.NByM(n, m), keep_dense=keep_dense).prune(bx.Sparse(model))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the embedding's mask stays (dense) as it is
         exported = bx.to_bcoo(pruned, n_by_m=(n, m))
-    ff1 = exported.block.ff1.weight
-    assert isinstance(ff1, bx.NMMatrix) and ff1.values.shape == (ff1.shape[0], ff1.shape[1] * n // m)
-    np.testing.assert_array_equal(ff1.todense(), pruned.masked().block.ff1.weight)
-    q = exported.block.attn.query_proj.weight
-    np.testing.assert_array_equal(q.todense(), pruned.masked().block.attn.query_proj.weight)
+    if name == "transformer":
+        w, dense = exported.block.ff1.weight, pruned.masked().block.ff1.weight
+        q = exported.block.attn.query_proj.weight
+        np.testing.assert_array_equal(q.todense(), pruned.masked().block.attn.query_proj.weight)
+    else:
+        w, dense = exported.layers[1].weight, pruned.masked().layers[1].weight
+    assert isinstance(w, bx.NMMatrix) and w.values.shape == (w.shape[0], w.shape[1] * n // m)
+    np.testing.assert_array_equal(w.todense(), dense)
     np.testing.assert_allclose(jax.vmap(exported)(x), jax.vmap(pruned.masked())(x), rtol=1e-4, atol=1e-5)
 
 
