@@ -34,7 +34,7 @@ def _prunable(params, masks):
 
 
 @pytest.mark.parametrize("name,algorithm", [
-    ("mlp", "rigl"), ("cnn", "magnitude"), ("transformer", "magnitude"),
+    ("mlp", "rigl"), ("cnn", "magnitude"), pytest.param("transformer", "magnitude", marks=pytest.mark.slow),
     pytest.param("cnn", "rigl", marks=pytest.mark.slow), pytest.param("transformer", "rigl", marks=pytest.mark.slow),
 ])
 def test_updaters_train_equinox_models(name, algorithm):

@@ -76,7 +76,7 @@ def test_transformations_chained_with_ivon_leave_the_curvature_estimate_alone():
 def test_ivon_without_the_curvature_estimate_is_a_clear_error():
     post = bx.Posterior(bx.Sparse(mlp()), ess=32.0)
     opt = bx.ivon(0.1)
-    _, grads, _ = bx.noisy_value_and_grad(stateless_loss)(post, jax.random.key(0), *mlp_batch())
+    _, grads, _ = eqx.filter_jit(bx.noisy_value_and_grad(stateless_loss))(post, jax.random.key(0), *mlp_batch())
     with pytest.raises(TypeError, match="hess_estimate="):
         opt.update(grads, opt.init(post), post)
 

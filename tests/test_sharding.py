@@ -18,6 +18,7 @@ def test_sharded_slow_cases_on_eight_devices_in_their_own_process(command_output
     assert_pytest_passed(command_output)
 
 
+@pytest.mark.slow
 @pytest.mark.command([sys.executable, str(TESTS.parent / "examples" / "sharded_digits.py"), "--steps", "24"],
                      timeout=600, cwd=TESTS.parent)
 def test_sharded_example_trains_on_eight_devices_like_on_one(command_output):
