@@ -14,6 +14,7 @@ from ._compact import compact as compact
 from ._curvature import curvature_report as curvature_report, refresh_curvature as refresh_curvature
 from ._distributions import erk_sparsities as erk_sparsities, leaf_sparsities as leaf_sparsities
 from ._export import NMMatrix as NMMatrix, to_bcoo as to_bcoo
+from ._groups import Coupled as Coupled, Group as Group, Member as Member, dependency_groups as dependency_groups
 from ._ivon import IVONState as IVONState, ivon as ivon, noisy_value_and_grad as noisy_value_and_grad
 from ._masks import global_topk_masks as global_topk_masks, threshold_mask as threshold_mask, topk_mask as topk_mask
 from ._metrics import (

@@ -1,5 +1,6 @@
 """Compaction: a pruned model becomes a smaller dense Equinox model with the same outputs."""
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -8,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._sites import find_sites, join_path, no_sparse_error, unwrap
-from ._sparse import Sparse, apply_masks
-from ._tree import PyTree, path_str
+from ._groups import Group, Member, _state_names, plain_model, trace_groups
+from ._sites import find_sites, join_path
+from ._tree import PyTree, leaves_with_paths, path_str
 
 
 def _is_elementwise(fn: Any) -> bool:
@@ -63,47 +64,176 @@ def _compact_mlp(mlp: eqx.nn.MLP, path: str, masks: dict[str, Any], left: dict[s
     return eqx.tree_at(lambda m: m.layers, new, layers)
 
 
-def _compact(sparse: Sparse, prefix: str, left: dict[str, str]) -> PyTree:
-    model = apply_masks(sparse.model, sparse.masks)
-    done: set[str] = set()
+def _mlp_pass(model: PyTree, left: dict[str, str]) -> PyTree:
+    """`model` (a plain model, pruned entries at 0) with every `eqx.nn.MLP` compacted (`left`:
+    what could not be, by path)."""
 
     def visit(p: Any, node: Any) -> Any:
         if not isinstance(node, eqx.nn.MLP):
             return node
         path = path_str(p).lstrip(".")
-        done.update(k for k in sparse.masks if k.startswith(join_path(path, "layers[")))
-        return _compact_mlp(node, path, sparse.masks, left)
+        masks = {join_path(path, f"layers[{i}].weight"): np.asarray(lin.weight) != 0 for i, lin in enumerate(node.layers)}
+        return _compact_mlp(node, path, masks, left)
 
-    model = jax.tree_util.tree_map_with_path(visit, model, is_leaf=lambda x: isinstance(x, eqx.nn.MLP))
-    for key in sparse.masks:
-        if key not in done:
-            left[join_path(prefix, key)] = ("not inside an eqx.nn.MLP: its pruned entries stay as zeros (compaction "
-                                            "of convolutions, residual blocks and attention is not built yet)")
-    return model
+    return jax.tree_util.tree_map_with_path(visit, model, is_leaf=lambda x: isinstance(x, eqx.nn.MLP))
 
 
-def compact(model: PyTree) -> PyTree:
+def _zero_channels(leaf: Any, member: Member, size: int) -> np.ndarray:
+    """Which channels of a group have only zeros in `member`'s slices of `leaf`."""
+    w = np.asarray(leaf)
+    nonzero = (np.moveaxis(w, member.axis, 0).reshape(w.shape[member.axis], -1) != 0).any(axis=1)
+    channels = np.asarray(member.channels)
+    used = np.zeros(size, bool)
+    np.logical_or.at(used, channels[channels >= 0], nonzero[channels >= 0])
+    return ~used
+
+
+def _kept_entries(groups: list[Group], leaves: dict[str, Any]) -> dict[tuple[str, int], np.ndarray]:
+    """{(path, axis): the entries kept} for every leaf axis that loses entries: the channels of a
+    group whose slices in every consumer are zero (a group keeps at least one channel)."""
+    keep: dict[tuple[str, int], np.ndarray] = {}
+    for g in groups:
+        by_axis = {(m.path, m.axis): m for m in g.members}
+        removable = np.ones(g.size, bool)
+        for path, axis in g.consumers:
+            removable &= _zero_channels(leaves[path], by_axis[(path, axis)], g.size)
+        if removable.all():
+            removable[0] = False
+        if not removable.any():
+            continue
+        for m in g.members:
+            channels = np.asarray(m.channels)
+            drop = (channels >= 0) & removable[np.maximum(channels, 0)]
+            keep[(m.path, m.axis)] = keep.get((m.path, m.axis), np.ones(len(channels), bool)) & ~drop
+    return keep
+
+
+def _sliced(leaf: Any, keep: dict[tuple[str, int], np.ndarray], path: str) -> Any:
+    axes = [axis for axis in range(np.ndim(leaf)) if (path, axis) in keep]
+    if not axes:
+        return leaf
+    out = np.asarray(leaf)
+    for axis in axes:
+        out = np.take(out, np.flatnonzero(keep[(path, axis)]), axis=axis)
+    return jnp.asarray(out, dtype=leaf.dtype)
+
+
+def _with_fields(module: eqx.Module, changes: dict[str, Any]) -> eqx.Module:
+    new = object.__new__(type(module))
+    for f in dataclasses.fields(module):
+        if hasattr(module, f.name):
+            object.__setattr__(new, f.name, changes.get(f.name, getattr(module, f.name)))
+    return new
+
+
+def _sizes(module: eqx.Module) -> dict[str, Any]:
+    """The static size fields of an Equinox layer, read from its (compacted) weights."""
+    if isinstance(module, eqx.nn.Linear) and module.weight.ndim == 2:  # (not a stack of layers)
+        out, inp = module.weight.shape
+        return {"in_features": module.in_features if module.in_features == "scalar" else inp,
+                "out_features": module.out_features if module.out_features == "scalar" else out}
+    if isinstance(module, (eqx.nn.Conv, eqx.nn.ConvTranspose)) and module.weight.ndim == module.num_spatial_dims + 2:
+        return {"out_channels": module.weight.shape[0], "in_channels": module.weight.shape[1] * module.groups}
+    if isinstance(module, eqx.nn.BatchNorm) and module.weight is not None and module.weight.ndim == 1:
+        return {"input_size": module.weight.shape[0]}
+    if isinstance(module, eqx.nn.MultiheadAttention) and module.query_proj.weight.ndim == 2:
+        heads = module.query_proj.weight.shape[0] // module.qk_size
+        return {"num_heads": heads, "vo_size": module.value_proj.weight.shape[0] // heads}
+    if isinstance(module, eqx.nn.MLP):
+        hidden = [lin.weight.shape[-2] for lin in module.layers[:-1]]
+        return {"width_size": max(hidden, default=module.width_size)}
+    return {}
+
+
+def _refresh(x: Any) -> Any:
+    """`x` with the size fields of every Equinox layer in it matching its weights."""
+    if isinstance(x, eqx.Module):
+        changes = {f.name: _refresh(getattr(x, f.name)) for f in dataclasses.fields(x) if hasattr(x, f.name)}
+        new = _with_fields(x, changes)
+        return _with_fields(new, _sizes(new))
+    if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
+        return type(x)(_refresh(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _refresh(v) for k, v in x.items()}
+    return x
+
+
+@eqx.filter_jit
+def _outputs(model: PyTree, args: tuple, kwargs: dict) -> list[Any]:
+    out = eqx.nn.inference_mode(model)(*args, **kwargs)
+    plain, _ = eqx.partition(out, lambda x: not isinstance(x, eqx.nn.State), is_leaf=lambda x: isinstance(x, eqx.nn.State))
+    return jax.tree.leaves(plain)
+
+
+def compact(model: PyTree, *example_args: Any, **example_kwargs: Any) -> Any:
     """A pruned model as a smaller dense Equinox model with the same outputs.
 
-    In every `eqx.nn.MLP` of the model, a hidden unit whose input weights are all pruned outputs a
-    constant (its activated bias): it is removed and the constant folded into the next layer's
-    bias. A unit whose output weights are all pruned is removed too. The layers become smaller
-    `eqx.nn.Linear`s (`in_features`, `out_features` to match; the MLP's `width_size` is its widest
-    hidden layer). The remaining pruned entries are stored as zeros, so the outputs equal the
-    masked model's to float tolerance. Pruned leaves outside an MLP stay as they are (pruned
-    entries 0), and a warning names them.
+    Removes every channel that no longer contributes: a unit, filter or attention head whose slices
+    in every weight that reads it are pruned (zero) is deleted from all the leaves of its coupled
+    group (`bmr_eqx.dependency_groups`): the layer that writes it, its bias, the `BatchNorm` scale,
+    shift and running statistics that act on it, the layers that read it, every layer of a residual
+    stream. Inside an `eqx.nn.MLP`, a hidden unit whose input weights are all pruned outputs a
+    constant (its activated bias), which is folded into the next layer's bias. The layers become
+    smaller Equinox layers with matching size fields (`in_features`, `out_channels`,
+    `input_size`, `num_heads`, `width_size`, ...); remaining pruned entries stay as zeros, so the
+    outputs equal the masked model's to float tolerance (checked on the example call).
 
-    **Arguments:** `model`, any pytree holding `Sparse` models (a `Posterior` compacts its mean).
+    **Arguments:**
 
-    **Returns:** `model` without bmr_eqx wrappers, compacted.
+    - `model`: a pytree holding `Sparse` models (a `Posterior` compacts its mean), or a plain model
+      whose pruned weights are 0.
+    - `*example_args`, `**example_kwargs`: one call's arguments (one example for a per-example
+      model; include the `eqx.nn.State` if the model has `BatchNorm`). Without them only
+      `eqx.nn.MLP`s are compacted.
+
+    **Returns:** the compacted plain model, or `(model, state)` when an `eqx.nn.State` is among the
+    arguments (its `BatchNorm` statistics sliced to match). A warning names the pruned leaves whose
+    zeros could not be removed, and why.
     """
     if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(eqx.filter(model, eqx.is_array))):
         raise TypeError("compact runs eagerly (the number of units kept sets the shapes): call it outside jit.")
-    if not find_sites(model):
-        raise no_sparse_error(model)
+    pruned = {join_path(s.prefix, k) for s in find_sites(model) for k in s.sparse.masks}
     left: dict[str, str] = {}
-    out = unwrap(model, lambda sparse, prefix: _compact(sparse, prefix, left))
+    plain = _mlp_pass(plain_model(model), left)
+    args = (example_args, example_kwargs)
+    has_state = any(isinstance(x, eqx.nn.State) for x in jax.tree.leaves(args, is_leaf=lambda x: isinstance(x, eqx.nn.State)))
+    if not example_args and not example_kwargs:
+        _warn_left(plain, pruned, left, "not whole units of an eqx.nn.MLP; pass example arguments to compact other layers")
+        return plain
+    groups, named = trace_groups(plain, example_args, example_kwargs)
+    leaves = dict(named)
+    keep = _kept_entries(groups, leaves)
+    params, static = eqx.partition(plain, eqx.is_array)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    new = _refresh(eqx.combine(treedef.unflatten([_sliced(x, keep, path_str(p)) for p, x in flat]), static))
+
+    def slice_state(state: Any) -> Any:
+        names = _state_names(plain, state)
+        leaves_s, td = jax.tree.flatten(state)
+        return td.unflatten([_sliced(x, keep, names.get(id(x), "")) for x in leaves_s])
+
+    new_args, new_kwargs = jax.tree.map(lambda x: slice_state(x) if isinstance(x, eqx.nn.State) else x, args,
+                                        is_leaf=lambda x: isinstance(x, eqx.nn.State))
+    before, after = _outputs(plain, example_args, example_kwargs), _outputs(new, new_args, new_kwargs)
+    if len(before) != len(after) or not all(np.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(before, after)):
+        raise RuntimeError("compact changed the model's outputs on the example call; this is a bug in bmr_eqx, please "
+                           "report it with the model. The uncompacted model is unaffected.")
+    _warn_left(new, pruned, left, "not whole channels that nothing reads")
+    if has_state:
+        state = next(x for x in jax.tree.leaves((new_args, new_kwargs), is_leaf=lambda x: isinstance(x, eqx.nn.State))
+                     if isinstance(x, eqx.nn.State))
+        return new, state
+    return new
+
+
+def _warn_left(model: PyTree, pruned: set[str], reasons: dict[str, str], default: str) -> None:
+    """Warn about pruned leaves of `model` that still hold zeros after compaction."""
+    left = {}
+    for path, leaf in leaves_with_paths(eqx.filter(model, eqx.is_array)):
+        reason = next((r for p, r in reasons.items() if path.startswith("" if p == "(root)" else p)), default)
+        if path in pruned and np.asarray(leaf).size and not np.asarray(leaf).all():
+            frac = float(np.mean(np.asarray(leaf) == 0))
+            left[path] = f"{frac:.0%} zeros stay ({reason})"
     if left:
-        warnings.warn("compact left these as they are: " + "; ".join(f"`{k}`: {v}" for k, v in left.items()),
-                      stacklevel=2)
-    return out
+        warnings.warn("compact kept these pruned entries as stored zeros: " + "; ".join(f"`{k}`: {v}" for k, v in left.items()),
+                      stacklevel=3)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Int, PRNGKeyArray
 
+from ._groups import Coupled
 from ._posterior import Posterior, data_curvature
 from ._schedules import AbstractSchedule, NoUpdateSchedule, OneShotSchedule
 from ._scores import AbstractScore, Leaf
@@ -190,6 +191,8 @@ class Pruner(eqx.Module):
             leaf = leaves[j]
             s = self.score(leaf)
             scores[j] = jnp.where(leaf.mask, s, -jnp.inf) if self.monotone else s
+        if isinstance(st, Coupled):
+            return self._coupled_masks(entries, active, leaves, scores, sparsity_at, step)
         units, owners = [], []
         for j in active:
             if j in partner.values():
@@ -211,6 +214,16 @@ class Pruner(eqx.Module):
                 new[partner[j]] = keep.reshape(entries[partner[j]].leaf.weight.shape)
         # keep_dense leaves and leaves a selection leaves alone keep their mask as it is
         return [e.leaf.mask if m is None else m for e, m in zip(entries, new)]
+
+    def _coupled_masks(self, entries: list[_Entry], active: list[int], leaves: dict, scores: dict,
+                       sparsity_at: Any, step: Any) -> list[Array]:
+        st = self.structure
+        by_path = {leaves[j].path: j for j in active}
+        pairs = st.units({p: leaves[j] for p, j in by_path.items()}, {p: scores[j] for p, j in by_path.items()})
+        keeps = self.selection.select([u for u, _ in pairs], sparsity_at, step) if pairs else []
+        new = st.masks([(g, k) for (_, g), k in zip(pairs, keeps) if k is not None],
+                       {p: leaves[j] for p, j in by_path.items()})
+        return [new.get(e.leaf.path, e.leaf.mask) for e in entries]
 
     @staticmethod
     def _zeroed(entries: Sequence[_Entry], masks: Sequence[Array], old: Sequence[Array] | None,

@@ -6,9 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import MODELS, build
+from helpers import build
+from test_groups import example
 
 import bmr_eqx as bx
+from bmr_eqx._tree import leaves_with_paths
 
 
 def structured(model, key=0, dead_rows=(3, 5), dead_cols=(6,)):
@@ -61,25 +63,94 @@ def test_posterior_serialise_compact_run(tmp_path):
     assert small.layers[1].weight.shape == (31, 30)
 
 
-@pytest.mark.parametrize("name", ["cnn", "transformer"])
-def test_what_compact_cannot_do_it_leaves_and_names(name):
-    model, _ = build(name)
+def randomly_pruned_along_groups(name, key=0):
+    """(Sparse model, state, example args): random 50% of every coupled group's channels pruned,
+    plus 10% random unstructured zeros in every prunable leaf, and non-zero biases everywhere."""
+    model, state, args = example(name)
+    model = jax.tree.map(lambda x: x + 0.1 if eqx.is_array(x) and x.ndim == 1 else x, model)
+    groups = bx.dependency_groups(model, *args)
+    by_channel = bx.RandomPruning(sparsity=0.5, sparsity_type=bx.Coupled(groups)).prune(
+        bx.Sparse(model), key=jax.random.key(key))
+    rng = np.random.default_rng(key)
+    masks = {k: m & (rng.random(m.shape) > 0.1) for k, m in by_channel.masks.items()}
+    return bx.Sparse(model, masks=masks), state, args, groups
+
+
+EXPECTED_SHAPES = {  # every group loses half of its channels
+    "cnn": {"conv1.weight": (4, 1, 3, 3), "bn.weight": (4,), "conv2.weight": (8, 4, 3, 3), "head.weight": (10, 8)},
+    "residual": {"inp.weight": (4, 4), "mid.weight": (4, 4), "side.weight": (4, 4), "head.weight": (3, 8)},
+    "transformer": {"block.attn.query_proj.weight": (8, 16), "block.attn.value_proj.weight": (4, 16),
+                    "block.attn.output_proj.weight": (16, 4), "block.ff1.weight": (16, 16), "block.ff2.weight": (16, 16)},
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_SHAPES))
+def test_compaction_along_groups_equals_the_masked_model(name):
+    sparse, state, args, _ = randomly_pruned_along_groups(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the 10% unstructured zeros stay, and compact says so
+        out = bx.compact(sparse, *args)
+    small, small_state = out if state is not None else (out, None)
+    shapes = {p: tuple(x.shape) for p, x in leaves_with_paths(eqx.filter(small, eqx.is_array))}
+    assert {p: shapes[p] for p in EXPECTED_SHAPES[name]} == EXPECTED_SHAPES[name]
+    if name == "cnn":
+        assert (small.conv1.out_channels, small.conv2.in_channels, small.bn.input_size) == (4, 4, 4)
+        mean, var = small_state.get(small.bn.batch_state_index)
+        assert mean.shape == var.shape == (4,)
+        x = jax.random.normal(jax.random.key(2), (6, 1, 8, 8))
+        run = eqx.filter_jit(lambda m, s: jax.vmap(lambda xi: m(xi, s)[0])(x))  # noqa: E731
+        inference = eqx.nn.inference_mode
+        np.testing.assert_allclose(run(inference(small), small_state), run(inference(sparse.masked()), state),
+                                   rtol=1e-4, atol=1e-5)
+        # training mode too: batch statistics over the batch axis
+        no_dropout = lambda m: eqx.tree_at(lambda c: c.dropout.inference, m, True)  # noqa: E731
+        train = eqx.filter_jit(lambda m, s: jax.vmap(lambda xi: no_dropout(m)(xi, s), axis_name="batch",
+                                                     out_axes=(0, None))(x))
+        (y_small, new_state), (y_masked, _) = train(small, small_state), train(sparse.masked(), state)
+        np.testing.assert_allclose(y_small, y_masked, rtol=1e-4, atol=1e-4)
+        assert new_state.get(small.bn.batch_state_index)[0].shape == (4,)
+    else:
+        if name == "transformer":
+            assert (small.block.attn.num_heads, small.block.attn.vo_size, small.block.ff1.out_features) == (1, 4, 16)
+        x = jax.random.randint(jax.random.key(2), (6, 6), 0, 16) if name == "transformer" else \
+            jax.random.normal(jax.random.key(2), (6, 4))
+        run = eqx.filter_jit(lambda m: jax.vmap(m)(x))
+        np.testing.assert_allclose(run(small), run(sparse), rtol=1e-4, atol=1e-5)
+
+
+def test_serialise_compact_run_cnn(tmp_path):
+    sparse, state, args, _ = randomly_pruned_along_groups("cnn", key=3)
+    eqx.tree_serialise_leaves(tmp_path / "m.eqx", (sparse, state))
+    model, _ = build("cnn")
+    like = (bx.Sparse(model, masks=jax.tree.map(jnp.ones_like, sparse.masks)), state)
+    loaded, loaded_state = eqx.tree_deserialise_leaves(tmp_path / "m.eqx", like)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small, small_state = bx.compact(loaded, args[0], loaded_state)
+    x = jax.random.normal(jax.random.key(2), (3, 1, 8, 8))
+    inference = eqx.nn.inference_mode
+    np.testing.assert_allclose(jax.vmap(lambda xi: inference(small)(xi, small_state)[0])(x),
+                               jax.vmap(lambda xi: inference(sparse)(xi, state)[0])(x), rtol=1e-4, atol=1e-5)
+
+
+def test_what_compact_cannot_remove_it_names():
+    model, _, args = example("transformer")
     sparse = bx.MagnitudePruning(sparsity=0.5).prune(bx.Sparse(model))
-    with pytest.warns(UserWarning, match=re.escape(f"`{MODELS[name][2][0]}`: not inside an eqx.nn.MLP")):
-        out = bx.compact(sparse)
-    for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(sparse.masked())):
-        np.testing.assert_array_equal(a, b)
+    with pytest.warns(UserWarning, match=re.escape("`embed.weight`: 50% zeros stay (not whole channels")):
+        out = bx.compact(sparse, *args)
+    np.testing.assert_allclose(out(args[0]), sparse(args[0]), rtol=1e-5, atol=1e-6)
+    scan, _ = build("scan")
+    with pytest.warns(UserWarning, match="layers.weight"):
+        bx.compact(bx.MagnitudePruning(sparsity=0.5).prune(bx.Sparse(scan)), jnp.ones(8))
 
 
 def test_compact_errors():
     mlp = eqx.nn.MLP(4, 2, 8, 1, key=jax.random.key(0))
-    with pytest.raises(TypeError, match="No bmr_eqx.Sparse"):
-        bx.compact(mlp)
     with pytest.raises(TypeError, match="eagerly"):
         eqx.filter_jit(bx.compact)(bx.Sparse(mlp))
     softmax_mlp = eqx.nn.MLP(4, 2, 8, 1, activation=jax.nn.softmax, key=jax.random.key(0))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        same = bx.compact(bx.Sparse(softmax_mlp))
+        same = bx.compact(bx.MagnitudePruning(sparsity=0.5).prune(bx.Sparse(softmax_mlp)))
     assert "not elementwise" in str(caught[0].message)
     assert same.layers[0].weight.shape == (8, 4)
