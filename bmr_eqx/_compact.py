@@ -141,7 +141,10 @@ def _sizes(module: eqx.Module) -> dict[str, Any]:
         return {"num_heads": heads, "vo_size": module.value_proj.weight.shape[0] // heads}
     if isinstance(module, eqx.nn.MLP):
         hidden = [lin.weight.shape[-2] for lin in module.layers[:-1]]
-        return {"width_size": max(hidden, default=module.width_size)}
+        first, last = module.layers[0].weight, module.layers[-1].weight
+        return {"width_size": max(hidden, default=module.width_size),
+                "in_size": module.in_size if module.in_size == "scalar" else first.shape[-1],
+                "out_size": module.out_size if module.out_size == "scalar" else last.shape[-2]}
     return {}
 
 

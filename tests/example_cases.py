@@ -82,3 +82,17 @@ def test_sparse_training_runs(tmp_path):
         assert 0.0 <= row["accuracy"][0] <= 1.0
         if name != "dense":
             assert row["sparsity"][0] == pytest.approx(0.9, abs=2e-3)  # ERK: 90% over all weights
+
+
+def test_compact_digits_prunes_compacts_and_reports(capsys):
+    import compact_digits
+
+    compact_digits.main(["--steps", "40", "--reps", "2", "--sparsity", "0.75"])
+    out = capsys.readouterr().out
+    rows = {line[:24].strip(): line[24:].split() for line in out.splitlines()
+            if line[:24].strip().startswith(("dense", "magnitude", "BMR", "adaptive"))}
+    assert list(rows) == ["dense (IVON)", "magnitude 75%", "BMR 75%", "adaptive BMR (T=2)"]
+    assert rows["dense (IVON)"][0] == "32/64"
+    # gradual pruning has reached its target by step 24 of 40: a quarter of every group's channels is left
+    assert rows["magnitude 75%"][0] == rows["BMR 75%"][0] == "8/16"
+    assert all(0 <= float(r[2]) <= 1 and float(r[3]) > 0 for r in rows.values())

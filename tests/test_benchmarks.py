@@ -41,3 +41,23 @@ def test_bench_export_prints_ratios(command_output):
     rows = [line.split() for line in out.stdout.splitlines()[2:]]
     assert [r[0] for r in rows] == ["90%", "95%", "99%", "2:4", "1:4"]
     assert all(float(r[-1]) > 0 and float(r[-4]) > 0 for r in rows)
+
+
+@pytest.mark.command([sys.executable, str(BENCH / "bench_compact.py"), "--channels", "8", "16", "--image", "8",
+                      "--batch", "4", "--reps", "1"], timeout=300)
+def test_bench_compact_prints_ratios(command_output):
+    out = command_output
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["50%", "75%", "90%"]
+    assert [r[1] for r in rows] == ["4/8/8", "2/4/4", "1/2/2"]  # every group keeps 1 - sparsity of its channels
+    assert all(float(r[-2]) > 0 and float(r[-3]) > 0 and r[-1] == "True" for r in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.command([sys.executable, str(BENCH / "bench_sharded_topk.py"), "--devices", "4", "--width", "64",
+                      "--layers", "2", "--reps", "1"], timeout=300)
+def test_bench_sharded_topk_masks_agree(command_output):
+    out = command_output
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1].split()[-1] == "True"
