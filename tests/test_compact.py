@@ -154,3 +154,19 @@ def test_compact_errors():
         same = bx.compact(bx.MagnitudePruning(sparsity=0.5).prune(bx.Sparse(softmax_mlp)))
     assert "not elementwise" in str(caught[0].message)
     assert same.layers[0].weight.shape == (8, 4)
+
+
+def test_sequential_of_conv1d_and_conv_transpose_compacts():
+    k = jax.random.split(jax.random.key(0), 3)
+    model = eqx.nn.Sequential([
+        eqx.nn.Conv1d(2, 8, 3, padding=1, key=k[0]), eqx.nn.Lambda(jax.nn.relu),
+        eqx.nn.ConvTranspose1d(8, 6, 3, key=k[1]), eqx.nn.Lambda(jnp.tanh),
+        eqx.nn.Conv1d(6, 3, 3, key=k[2]),
+    ])
+    x = jax.random.normal(jax.random.key(1), (2, 10))
+    groups = bx.dependency_groups(model, x)
+    assert [(g.size, g.consumers) for g in groups] == [(8, (("layers[2].weight", 1),)), (6, (("layers[4].weight", 1),))]
+    pruned = bx.MagnitudePruning(sparsity=0.5, sparsity_type=bx.Coupled(groups)).prune(bx.Sparse(model))
+    small = bx.compact(pruned, x)
+    assert [(c.in_channels, c.out_channels) for c in small.layers[::2]] == [(2, 4), (4, 3), (3, 3)]
+    np.testing.assert_allclose(small(x), pruned(x), rtol=1e-5, atol=1e-5)
