@@ -11,7 +11,11 @@ from ._bmr import (
     spike_and_slab_threshold as spike_and_slab_threshold,
 )
 from ._compact import compact as compact
-from ._curvature import curvature_report as curvature_report, refresh_curvature as refresh_curvature
+from ._curvature import (
+    curvature_report as curvature_report,
+    laplace_posterior as laplace_posterior,
+    refresh_curvature as refresh_curvature,
+)
 from ._distributions import erk_sparsities as erk_sparsities, leaf_sparsities as leaf_sparsities
 from ._export import NMMatrix as NMMatrix, to_bcoo as to_bcoo
 from ._groups import Coupled as Coupled, Group as Group, Member as Member, dependency_groups as dependency_groups
@@ -24,6 +28,14 @@ from ._metrics import (
     mask_intersection as mask_intersection,
     nll as nll,
     sparsity_summary as sparsity_summary,
+)
+from ._oneshot import (
+    InputStats as InputStats,
+    PerRow as PerRow,
+    Wanda as Wanda,
+    WandaPruning as WandaPruning,
+    input_statistics as input_statistics,
+    sparsegpt as sparsegpt,
 )
 from ._optim import mask_gradients as mask_gradients, masked_updates as masked_updates, reset_regrown as reset_regrown
 from ._posterior import Posterior as Posterior

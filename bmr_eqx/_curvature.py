@@ -12,6 +12,8 @@ import numpy as np
 from jaxtyping import Array, PRNGKeyArray
 
 from ._posterior import Posterior
+from ._sites import find_sites
+from ._sparse import Sparse
 from ._tree import PyTree, flatten_like_trainable, trainable_params
 
 METHODS = ("hessian", "fisher")
@@ -182,3 +184,49 @@ def warn_if_blind(posteriors: Iterable[tuple[Posterior, list[str]]], curvature: 
             "Posterior's hess_init; bmr_eqx.curvature_report shows the figures.",
             stacklevel=3,
         )
+
+
+def laplace_posterior(
+    model: PyTree,
+    loss_fn: Callable[..., Array],
+    batches: Iterable[Any],
+    *,
+    weight_decay: float,
+    method: str = "hessian",
+    num_probes: int = 8,
+    key: PRNGKeyArray | None = None,
+    progress: bool = False,
+) -> Posterior:
+    """A Laplace posterior of a trained model, so every BMR pruner works on models never trained
+    with IVON.
+
+    The posterior is centred on the trained weights, with the curvature of the training loss there
+    (`refresh_curvature` over `batches`: Hutchinson's Hessian diagonal, the Gauss–Newton matrix for
+    a linear-Gaussian model, or the empirical Fisher) and the Gaussian prior that `weight_decay`
+    stands for: `q(θ) = N(θ*, 1/(N·(h + δ)))` with `N` the number of calibration examples and `δ`
+    the weight decay (an L2 penalty `δ/2·‖θ‖²` on the mean per-example loss).
+
+    **Arguments:**
+
+    - `model`: the trained model, plain (wrapped in `Sparse(model)`, default prunable leaves) or a
+      `Sparse` one (its masks are kept).
+    - `loss_fn`: `loss_fn(model, *batch) -> scalar`, the mean per-example training loss.
+    - `batches`: an iterable of batches; their examples (the leading axis of a batch's first array)
+      are counted as the sample size `N`.
+    - `weight_decay`: δ > 0, the prior precision per example.
+    - `method`, `num_probes`, `key`, `progress`: as for `refresh_curvature`.
+
+    **Returns:** a `Posterior(Sparse(model), ess=N, weight_decay=δ)` with the data curvature
+    (`init_weight` 0).
+    """
+    if isinstance(model, Posterior):
+        raise TypeError("laplace_posterior builds a Posterior from a trained model; pass the model (its `.mean`).")
+    if not weight_decay > 0:
+        raise ValueError(f"weight_decay must be > 0 (it is the prior precision), got {weight_decay!r}.")
+    batches = list(batches)
+    if not batches:
+        raise ValueError("batches is empty: pass at least one batch of calibration data.")
+    n = sum(int(jnp.shape(_as_args(b)[0])[0]) if jnp.ndim(_as_args(b)[0]) else 1 for b in batches)
+    sparse = model if find_sites(model) else Sparse(model)
+    post = Posterior(sparse, ess=n, weight_decay=weight_decay)
+    return refresh_curvature(post, loss_fn, batches, method=method, num_probes=num_probes, key=key, progress=progress)

@@ -62,3 +62,45 @@ def test_given_curvature_is_data_and_bmr_scores_use_the_data_part():
     expect = bx.topk_mask(-bx.delta_f_spike(w, 2 * hw - 1.0, 50.0, 1e-2), 0.5)
     np.testing.assert_array_equal(pruned.mean.masks["layers[0].weight"], expect)
     assert not jnp.array_equal(expect, bx.topk_mask(-bx.delta_f_spike(w, hw, 50.0, 1e-2), 0.5))
+
+
+def test_laplace_posterior_of_a_linear_gaussian_model_is_exact():
+    # y = X w + noise (σ = 0.5), each row of X one scaled feature, so every batch's XᵀX is diagonal:
+    # the exact posterior is Gaussian with diagonal precision XᵀX/σ² + Nδ, the Laplace posterior at
+    # the MAP is exact (Hutchinson's estimate too), and each weight's spike ΔF must be the exact
+    # log-evidence difference of dropping its feature.
+    sigma, delta, n = 0.5, 0.05, 8
+    x = np.eye(4)[np.arange(n) % 4] * np.array([3.0, 1.0, 0.3, 0.05, 2.0, 0.7, 0.2, 0.1])[:, None]
+    y = x @ np.array([1.0, -0.5, 0.2, 0.0]) + sigma * np.random.default_rng(1).normal(size=n)
+    precision = x.T @ x / sigma**2 + n * delta * np.eye(4)
+    w_map = np.linalg.solve(precision, x.T @ y / sigma**2)
+    model = eqx.tree_at(lambda m: m.weight, eqx.nn.Linear(4, 1, use_bias=False, key=jax.random.key(0)),
+                        jnp.asarray(w_map[None], jnp.float32))
+
+    def loss(m, xb, yb):
+        return 0.5 * jnp.mean((jax.vmap(m)(xb)[:, 0] - yb) ** 2) / sigma**2
+
+    batches = [(jnp.asarray(x[:5], jnp.float32), jnp.asarray(y[:5], jnp.float32)),
+               (jnp.asarray(x[5:], jnp.float32), jnp.asarray(y[5:], jnp.float32))]
+    post = bx.laplace_posterior(model, loss, batches, weight_decay=delta, num_probes=4)
+    assert post.ess == n and post.weight_decay == delta
+    np.testing.assert_allclose(post.ess * (post.hess["weight"][0] + delta), np.diag(precision), rtol=1e-4)
+
+    def log_evidence(cols):
+        cov = sigma**2 * np.eye(n) + x[:, cols] @ x[:, cols].T / (n * delta)
+        return -0.5 * (y @ np.linalg.solve(cov, y) + np.linalg.slogdet(2 * np.pi * cov)[1])
+
+    full = log_evidence([0, 1, 2, 3])
+    exact = [log_evidence([c for c in range(4) if c != j]) - full for j in range(4)]
+    np.testing.assert_allclose(bx.posterior_delta_f(post)["weight"][0], exact, rtol=1e-3, atol=1e-4)
+    kept = bx.AdaptiveBMR().prune(post).mean.masks["weight"][0]
+    np.testing.assert_array_equal(kept, np.array(exact) <= 0)  # prune exactly where the evidence rises
+
+
+def test_laplace_posterior_errors():
+    model = eqx.nn.Linear(2, 1, key=jax.random.key(0))
+    loss = lambda m, x: jnp.mean(jax.vmap(m)(x) ** 2)  # noqa: E731
+    with pytest.raises(ValueError, match="empty"):
+        bx.laplace_posterior(model, loss, [], weight_decay=0.1)
+    with pytest.raises(ValueError, match="weight_decay must be > 0"):
+        bx.laplace_posterior(model, loss, [jnp.ones((3, 2))], weight_decay=0.0)
