@@ -4,6 +4,7 @@ reduction of IVON-trained posteriors."""
 from ._bmr import (
     delta_f_gaussian as delta_f_gaussian,
     delta_f_spike as delta_f_spike,
+    full_covariance_reduction as full_covariance_reduction,
     group_delta_f as group_delta_f,
     posterior_delta_f as posterior_delta_f,
     reduced_posterior as reduced_posterior,

@@ -150,3 +150,58 @@ def test_posterior_delta_f_covers_every_trainable_weight():
     assert len(jax.tree.leaves(df)) == 4
     for path, d in df.items():
         assert d.shape == post.hess[path].shape
+
+
+def _linear_gaussian_layer(seed=0, n=40, d=6, sigma=0.5, prior=2.0):
+    """A one-row linear layer y = X w + noise: its exact posterior (precision XᵀX/σ² + πI, mean the
+    MAP) and a function giving the exact log evidence of the model using only some inputs."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) * 0.5  # correlated inputs
+    y = x @ np.array([1.5, 0.0, -0.8, 0.05, 0.0, 0.3])[:d] + sigma * rng.normal(size=n)
+    precision = x.T @ x / sigma**2 + prior * np.eye(d)
+    mean = np.linalg.solve(precision, x.T @ y / sigma**2)
+
+    def log_evidence(cols):
+        cov = sigma**2 * np.eye(n) + x[:, cols] @ x[:, cols].T / prior
+        return -0.5 * (y @ np.linalg.solve(cov, y) + np.linalg.slogdet(2 * np.pi * cov)[1])
+
+    return mean, precision, prior, log_evidence
+
+
+def test_full_covariance_reduction_is_the_obs_update_with_the_exact_evidence():
+    mean, precision, prior, log_evidence = _linear_gaussian_layer()
+    d = len(mean)
+    new, mask, delta_f = bx.full_covariance_reduction(mean[None], precision, prior, sparsity=0.5)
+    keep = np.asarray(mask[0])
+    assert keep.sum() == 3
+    cov = np.linalg.inv(precision)
+    s, r = np.flatnonzero(~keep), np.flatnonzero(keep)
+    obs = mean[r] - cov[np.ix_(r, s)] @ np.linalg.solve(cov[np.ix_(s, s)], mean[s])  # OBS / conditional mean
+    np.testing.assert_allclose(np.asarray(new[0])[r], obs, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(new[0])[s], 0.0)
+    exact = log_evidence(list(r)) - log_evidence(list(range(d)))
+    np.testing.assert_allclose(float(delta_f[0]), exact, rtol=1e-4, atol=1e-4)
+    # the reduced mean is the MAP of the model without those inputs (BMR = refitting, here exactly)
+    x_prec = precision[np.ix_(r, r)]
+    np.testing.assert_allclose(obs, np.linalg.solve(x_prec, (precision @ mean)[r]), rtol=1e-4, atol=1e-5)
+
+
+def test_full_covariance_reduction_stops_where_the_evidence_stops_rising():
+    mean, precision, prior, log_evidence = _linear_gaussian_layer(seed=1)
+    d = len(mean)
+    _, mask, delta_f = bx.full_covariance_reduction(np.stack([mean, mean]), precision, prior)
+    keep = np.asarray(mask[0])
+    assert 0 < keep.sum() < d and (np.asarray(mask[1]) == keep).all()
+    full = log_evidence(list(range(d)))
+    kept = list(np.flatnonzero(keep))
+    np.testing.assert_allclose(float(delta_f[0]), log_evidence(kept) - full, rtol=1e-4, atol=1e-4)
+    assert float(delta_f[0]) > 0
+    for j in kept:  # switching off any one more weight lowers the evidence
+        assert log_evidence([c for c in kept if c != j]) < log_evidence(kept)
+
+
+def test_full_covariance_reduction_errors():
+    with pytest.raises(TypeError, match="precision"):  # the shape annotations catch it
+        bx.full_covariance_reduction(np.ones((2, 3)), np.eye(4), 1.0)
+    with pytest.raises(ValueError, match="prior_precision"):
+        bx.full_covariance_reduction(np.ones((2, 3)), np.eye(3), 0.0)
