@@ -192,6 +192,7 @@ def laplace_posterior(
     batches: Iterable[Any],
     *,
     weight_decay: float,
+    ess: float | None = None,
     method: str = "hessian",
     num_probes: int = 8,
     key: PRNGKeyArray | None = None,
@@ -203,21 +204,27 @@ def laplace_posterior(
     The posterior is centred on the trained weights, with the curvature of the training loss there
     (`refresh_curvature` over `batches`: Hutchinson's Hessian diagonal, the Gauss–Newton matrix for
     a linear-Gaussian model, or the empirical Fisher) and the Gaussian prior that `weight_decay`
-    stands for: `q(θ) = N(θ*, 1/(N·(h + δ)))` with `N` the number of calibration examples and `δ`
-    the weight decay (an L2 penalty `δ/2·‖θ‖²` on the mean per-example loss).
+    stands for: `q(θ) = N(θ*, 1/(N·(h + δ)))` with `h` the mean per-example curvature over the
+    calibration data, `N` the number of examples the model was trained on and `δ` the weight decay
+    (an L2 penalty `δ/2·‖θ‖²` on the mean per-example loss).
 
     **Arguments:**
 
     - `model`: the trained model, plain (wrapped in `Sparse(model)`, default prunable leaves) or a
       `Sparse` one (its masks are kept).
     - `loss_fn`: `loss_fn(model, *batch) -> scalar`, the mean per-example training loss.
-    - `batches`: an iterable of batches; their examples (the leading axis of a batch's first array)
-      are counted as the sample size `N`.
+    - `batches`: an iterable of batches (the leading axis of a batch's first array counts examples).
     - `weight_decay`: δ > 0, the prior precision per example.
+    - `ess`: `N`, the number of training examples (of the unit `loss_fn` averages over: sequences
+      if it is a mean over sequences). The default, the number of calibration examples, is right
+      only when the calibration data is the training data: a posterior from 128 calibration
+      examples of a model trained on 30,000 is 200 times too wide, and its ΔF mostly Occam terms.
     - `method`, `num_probes`, `key`, `progress`: as for `refresh_curvature`.
 
     **Returns:** a `Posterior(Sparse(model), ess=N, weight_decay=δ)` with the data curvature
-    (`init_weight` 0).
+    (`init_weight` 0). Note the empirical Fisher (`method="fisher"`) of a loss averaged over long
+    sequences is far smaller than the Hessian's diagonal (the per-token gradients average out), so
+    the data may then barely move the posterior away from the prior.
     """
     if isinstance(model, Posterior):
         raise TypeError("laplace_posterior builds a Posterior from a trained model; pass the model (its `.mean`).")
@@ -228,5 +235,7 @@ def laplace_posterior(
         raise ValueError("batches is empty: pass at least one batch of calibration data.")
     n = sum(int(jnp.shape(_as_args(b)[0])[0]) if jnp.ndim(_as_args(b)[0]) else 1 for b in batches)
     sparse = model if find_sites(model) else Sparse(model)
-    post = Posterior(sparse, ess=n, weight_decay=weight_decay)
+    if ess is not None and not ess > 0:
+        raise ValueError(f"ess must be > 0 (the number of training examples), got {ess!r}.")
+    post = Posterior(sparse, ess=n if ess is None else ess, weight_decay=weight_decay)
     return refresh_curvature(post, loss_fn, batches, method=method, num_probes=num_probes, key=key, progress=progress)

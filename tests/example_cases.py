@@ -9,6 +9,7 @@ on a core the rest of the suite leaves free. Run this file directly with
 import os
 import sys
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
@@ -96,3 +97,16 @@ def test_compact_digits_prunes_compacts_and_reports(capsys):
     # gradual pruning has reached its target by step 24 of 40: a quarter of every group's channels is left
     assert rows["magnitude 75%"][0] == rows["BMR 75%"][0] == "8/16"
     assert all(0 <= float(r[2]) <= 1 and float(r[3]) > 0 for r in rows.values())
+
+
+def test_oneshot_lm_prunes_with_every_method(tmp_path):
+    import oneshot_lm
+
+    results = oneshot_lm.main(["--steps", "20", "--train-chars", "20000", "--eval-chars", "5000", "--calib", "8",
+                               "--seq", "16", "--dim", "32", "--layers", "1", "--curve", "0.5", "--out", str(tmp_path)])
+    dense = results[("dense", "dense")]
+    for method in ("magnitude", "Wanda", "SparseGPT", "Laplace BMR"):
+        for setting in (0.5, "2:4", "4:8"):
+            assert np.isfinite(results[(method, setting)]) and results[(method, setting)] > 1
+    assert 0 <= results["adaptive_sparsity"] < 1 and dense > 1
+    assert (tmp_path / "oneshot_lm.png").exists()
