@@ -215,7 +215,7 @@ def full_covariance_reduction(
     - `threshold`: with `sparsity=None`, the least ΔF gain (nats) that switches a weight off.
 
     **Returns:** `(new_weight, mask, delta_f)`: the reduced posterior mean (pruned entries 0), the
-    mask of kept weights, and each row's total ΔF.
+    mask of kept weights, and each row's total ΔF, computed and returned in float32.
     """
     weight = jnp.asarray(weight, jnp.float32)
     rows, d = weight.shape

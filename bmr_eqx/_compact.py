@@ -25,6 +25,8 @@ def _is_elementwise(fn: Any) -> bool:
 
 def _linear(weight: np.ndarray, bias: np.ndarray | None, like: eqx.nn.Linear) -> eqx.nn.Linear:
     out, inp = weight.shape
+    inp = like.in_features if like.in_features == "scalar" else inp
+    out = like.out_features if like.out_features == "scalar" else out
     new = eqx.nn.Linear(inp, out, use_bias=bias is not None, dtype=like.weight.dtype, key=jax.random.key(0))
     new = eqx.tree_at(lambda lin: lin.weight, new, jnp.asarray(weight, like.weight.dtype))
     if bias is not None:
@@ -106,6 +108,19 @@ def _kept_entries(groups: list[Group], leaves: dict[str, Any]) -> dict[tuple[str
             drop = (channels >= 0) & removable[np.maximum(channels, 0)]
             keep[(m.path, m.axis)] = keep.get((m.path, m.axis), np.ones(len(channels), bool)) & ~drop
     return keep
+
+
+def _state_index_inits(flat: list, keep: dict[tuple[str, int], np.ndarray]) -> dict[tuple[str, int], np.ndarray]:
+    """Keep entries for the initial values a layer's `StateIndex` still holds (`bn.batch_state_index.init[0]`,
+    before `make_with_state` removes them): those of the layer's weight, when their length matches."""
+    out = {}
+    for p, x in flat:
+        path = path_str(p)
+        head, _, tail = path.partition("_state_index.init")
+        owner = head.rpartition(".")[0]
+        if tail and np.ndim(x) >= 1 and (owner + ".weight", 0) in keep and len(keep[(owner + ".weight", 0)]) == len(x):
+            out[(path, 0)] = keep[(owner + ".weight", 0)]
+    return out
 
 
 def _sliced(leaf: Any, keep: dict[tuple[str, int], np.ndarray], path: str) -> Any:
@@ -208,6 +223,7 @@ def compact(model: PyTree, *example_args: Any, **example_kwargs: Any) -> Any:
     keep = _kept_entries(groups, leaves)
     params, static = eqx.partition(plain, eqx.is_array)
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    keep = {**keep, **_state_index_inits(flat, keep)}
     new = _refresh(eqx.combine(treedef.unflatten([_sliced(x, keep, path_str(p)) for p, x in flat]), static))
 
     def slice_state(state: Any) -> Any:
@@ -218,7 +234,8 @@ def compact(model: PyTree, *example_args: Any, **example_kwargs: Any) -> Any:
     new_args, new_kwargs = jax.tree.map(lambda x: slice_state(x) if isinstance(x, eqx.nn.State) else x, args,
                                         is_leaf=lambda x: isinstance(x, eqx.nn.State))
     before, after = _outputs(plain, example_args, example_kwargs), _outputs(new, new_args, new_kwargs)
-    if len(before) != len(after) or not all(np.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(before, after)):
+    if len(before) != len(after) or not all(a.shape == b.shape and np.allclose(a, b, rtol=1e-4, atol=1e-5)
+                                            for a, b in zip(before, after)):
         raise RuntimeError("compact changed the model's outputs on the example call; this is a bug in bmr_eqx, please "
                            "report it with the model. The uncompacted model is unaffected.")
     _warn_left(new, pruned, left, "not whole channels that nothing reads")
@@ -233,7 +250,8 @@ def _warn_left(model: PyTree, pruned: set[str], reasons: dict[str, str], default
     """Warn about pruned leaves of `model` that still hold zeros after compaction."""
     left = {}
     for path, leaf in leaves_with_paths(eqx.filter(model, eqx.is_array)):
-        reason = next((r for p, r in reasons.items() if path.startswith("" if p == "(root)" else p)), default)
+        reason = next((r for p, r in reasons.items()
+                       if p == "(root)" or path == p or path.startswith((p + ".", p + "["))), default)
         if path in pruned and np.asarray(leaf).size and not np.asarray(leaf).all():
             frac = float(np.mean(np.asarray(leaf) == 0))
             left[path] = f"{frac:.0%} zeros stay ({reason})"

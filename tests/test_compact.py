@@ -170,3 +170,24 @@ def test_sequential_of_conv1d_and_conv_transpose_compacts():
     small = bx.compact(pruned, x)
     assert [(c.in_channels, c.out_channels) for c in small.layers[::2]] == [(2, 4), (4, 3), (3, 3)]
     np.testing.assert_allclose(small(x), pruned(x), rtol=1e-5, atol=1e-5)
+
+
+def test_scalar_mlp_and_state_index_initial_values_survive_compaction():
+    mlp = eqx.nn.MLP("scalar", "scalar", 8, 2, key=jax.random.key(0))
+    pruned = bx.MagnitudePruning(sparsity=0.5, sparsity_type="channel", keep_dense=("layers[2].weight",)).prune(
+        bx.Sparse(mlp))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = bx.compact(pruned, jnp.asarray(0.3))
+    assert (small.layers[0].in_features, small.layers[-1].out_features) == ("scalar", "scalar")
+    np.testing.assert_allclose(small(jnp.asarray(0.3)), pruned(jnp.asarray(0.3)), rtol=1e-5, atol=1e-6)
+    assert small(jnp.asarray(0.3)).shape == ()
+    # a BatchNorm built without make_with_state still holds its initial statistics: sliced too
+    model, _ = build("cnn")
+    model = eqx.tree_at(lambda m: m.bn, model, eqx.nn.BatchNorm(8, axis_name="batch", mode="batch"))
+    state, x = eqx.nn.State(model), jnp.ones((1, 8, 8))
+    groups = bx.dependency_groups(model, x, state)
+    pruned = bx.MagnitudePruning(sparsity=0.5, sparsity_type=bx.Coupled(groups)).prune(bx.Sparse(model))
+    small, _ = bx.compact(pruned, x, state)
+    mean, var = eqx.nn.State(small).get(small.bn.batch_state_index)
+    assert mean.shape == var.shape == (4,)
