@@ -233,6 +233,21 @@ def _add(a: dict, b: dict) -> dict:
     return jax.tree.map(jnp.add, a, b)
 
 
+def _chosen(used: dict[str, int], paths: Any) -> list[str]:
+    """The weights (in order of use) that `paths` picks among those with input statistics (`used`):
+    all of them for None; a `ValueError` naming any path that has none."""
+    if paths is None:
+        return list(used)
+    paths = (paths,) if isinstance(paths, str) else tuple(paths)
+    unknown = [p for p in paths if p not in used]
+    if unknown:
+        raise ValueError(
+            f"paths names {unknown}, which the model does not multiply against an activation (no input "
+            f"statistics); the weights that have them are {list(used)}."
+        )
+    return [p for p in used if p in set(paths)]
+
+
 def input_statistics(
     model: PyTree,
     forward: Callable[[PyTree, Any], Any],
@@ -277,19 +292,7 @@ def input_statistics(
             "no calibration batches: `batches` is empty; pass an iterable of at least one batch, e.g. a list of "
             "arrays of inputs."
         ) from None
-    used = _uses(model, forward, first)
-    if paths is None:
-        wanted = tuple(used)
-    else:
-        if isinstance(paths, str):
-            paths = (paths,)
-        unknown = [p for p in paths if p not in used]
-        if unknown:
-            raise ValueError(
-                f"paths names {unknown}, which the model does not multiply against an activation (no input "
-                f"statistics); the weights that have them are {list(used)}."
-            )
-        wanted = tuple(p for p in used if p in set(paths))
+    wanted = tuple(_chosen(_uses(model, forward, first), paths))
     total = _batch_stats(model, first, forward, wanted, gram)
     for batch in it:
         new = _batch_stats(model, batch, forward, wanted, gram)
@@ -642,19 +645,7 @@ def sparsegpt(
     batches = list(batches)
     if not batches:
         raise ValueError("no calibration batches: `batches` is empty; pass at least one batch.")
-    used = _uses(model, forward, batches[0])
-    if paths is None:
-        order = list(used)
-    else:
-        if isinstance(paths, str):
-            paths = (paths,)
-        unknown = [p for p in paths if p not in used]
-        if unknown:
-            raise ValueError(
-                f"paths names {unknown}, which the model does not multiply against an activation (no input "
-                f"statistics); the weights that have them are {list(used)}."
-            )
-        order = [p for p in used if p in set(paths)]
+    order = _chosen(_uses(model, forward, batches[0]), paths)
     masks = {}
     for path in order:
         stats = input_statistics(model, forward, batches, paths=(path,))[path]
