@@ -76,7 +76,7 @@ class Group(NamedTuple):
         return f"Group(size={self.size}, members=[{inner}], consumers=[{readers}])"
 
 
-def _derived(name: str, eqn: Any, in_kinds: list, origin: dict) -> tuple[int, tuple] | None:
+def weight_derived(name: str, eqn: Any, in_kinds: list, origin: dict) -> tuple[int, tuple] | None:
     """(leaf, the leaf axis of each output axis or None) when the output of `eqn` is one weight
     moved, cast, negated or scaled, so its zero slices are the weight's."""
     if name not in _ZERO_PRESERVING or len(eqn.outvars) != 1 or in_kinds.count("param") != 1 or "act" in in_kinds:
@@ -252,7 +252,7 @@ class _Tracer:
             out_kind = "act" if "act" in in_kinds else ("param" if "param" in in_kinds else "const")
             for v, o in zip(eqn.outvars, outs):
                 env[v], kind[v] = o, out_kind
-            derived = _derived(name, eqn, in_kinds, origin)
+            derived = weight_derived(name, eqn, in_kinds, origin)
             if derived is not None:
                 origin[eqn.outvars[0]] = derived
             self.rule(name, eqn, ins, in_kinds, outs, origin)

@@ -28,6 +28,7 @@ from jax.extend import core as jex_core
 from jaxtyping import Array, ArrayLike
 
 from ._distributions import as_sparsity
+from ._groups import weight_derived
 from ._masks import _sanitize, rank_along_last
 from ._pruner import Pruner
 from ._scores import AbstractScore, Leaf
@@ -54,8 +55,6 @@ class InputStats(NamedTuple):
     axis: int = 1
 
 
-# Operations through which a value is still "that weight" (moved or cast, not mixed with anything).
-_WEIGHT_PRESERVING = frozenset({"transpose", "convert_element_type", "copy", "copy_p"})
 # Calls whose inner jaxpr is evaluated in place (so a weight passed in is followed inside). Other
 # primitives with inner jaxprs (loops, conditionals, shard_map, kernels) are bound as they are.
 _INLINED = frozenset({"pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
@@ -127,11 +126,11 @@ def _eval(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], origin_in: Seq
         any_act = any(in_act)
         for v, x in zip(eqn.outvars, outs):
             env[v], act[v] = x, any_act
-        if name in _WEIGHT_PRESERVING and len(eqn.invars) == 1 and in_origin[0] is not None:
-            leaf, axes = in_origin[0]
-            if name == "transpose":
-                axes = tuple(axes[i] for i in eqn.params["permutation"])
-            origin[eqn.outvars[0]] = (leaf, axes)
+        # a weight moved, cast or scaled is still that weight (the rule dependency_groups follows)
+        kinds = ["act" if a else ("param" if o is not None else "const") for a, o in zip(in_act, in_origin)]
+        derived = weight_derived(name, eqn, kinds, origin)
+        if derived is not None:
+            origin[eqn.outvars[0]] = derived
     outs = [read(v) for v in jaxpr.outvars]
     out_origin = [None if isinstance(v, jex_core.Literal) else origin.get(v) for v in jaxpr.outvars]
     out_act = [False if isinstance(v, jex_core.Literal) else act.get(v, False) for v in jaxpr.outvars]
@@ -152,6 +151,8 @@ def _note_dot(eqn: Any, invals: list, in_origin: list, in_act: list, record: Cal
         if len(o[1]) != 2 or len(contract) != 1 or len(batch) != 0:
             continue
         leaf_axis = o[1][contract[0]]
+        if leaf_axis is None:  # contracted along an axis the weight was broadcast to
+            continue
         other_axis = other_contract[0]
         x = invals[other]
         d_in = x.shape[other_axis]
