@@ -261,7 +261,7 @@ def input_statistics(
 
     A weight is a 2-D floating leaf that the model multiplies against an activation in a
     `dot_general` (an `eqx.nn.Linear`'s `weight @ x`, also under `vmap`, inside `eqx.nn.MLP` and
-    the projections of `eqx.nn.MultiheadAttention`), directly or after a transpose or a cast. Its
+    the projections of `eqx.nn.MultiheadAttention`), directly or moved, cast or scaled by a constant. Its
     input is the other operand, with the contracted axis as the `d_in` input features and every
     other axis (batch, sequence) counted as examples. A weight used twice (shared, or a layer called
     twice) accumulates both inputs. Weights used inside `lax.scan` / `while_loop` / `cond`,
