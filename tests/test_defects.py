@@ -13,7 +13,7 @@ import pytest
 from helpers import CNN, cnn_batch, cnn_loss, mlp, mlp_batch, scan_mlp, stateless_loss
 
 import bmr_eqx as bx
-from bmr_eqx._masks import _keep_top_keys_cpu, _keep_top_keys_sort, _order_key, keep_count
+from bmr_eqx._masks import _keep_top_keys_streaming, _keep_top_keys_sort, _order_key, keep_count
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -131,7 +131,7 @@ def test_traced_sparsity_is_clamped_the_same_on_every_backend_path(sparsity):
     scores = jax.random.normal(jax.random.key(0), (257,))
     keys = _order_key(scores)
     k = jnp.asarray(keep_count(scores.size, jnp.float32(sparsity)), jnp.int32)
-    cpu, sort = _keep_top_keys_cpu(keys, k), _keep_top_keys_sort(keys, k)
+    cpu, sort = _keep_top_keys_streaming(keys, k), _keep_top_keys_sort(keys, k)
     np.testing.assert_array_equal(cpu, sort)
     expect = min(257, max(1, round(257 * (1 - sparsity))))
     assert int(cpu.sum()) == expect

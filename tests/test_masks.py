@@ -65,21 +65,57 @@ def test_topk_ties_keep_lower_index_and_nan_is_pruned():
 
 
 @pytest.mark.parametrize("ties", [False, True])
-def test_topk_sort_path_matches_cpu_path(ties):
-    # The sort-based selection (used off CPU) must agree with the bit-search one.
-    from bmr_eqx._masks import _keep_top_keys_cpu, _keep_top_keys_sort, _order_key
+def test_topk_paths_agree(ties):
+    # The three selections (host introselect on a one-device CPU, streaming bit search with several
+    # CPU devices, sort off CPU) must give the same mask, ties included.
+    from bmr_eqx._masks import _keep_top_keys_host, _keep_top_keys_sort, _keep_top_keys_streaming, _order_key
 
     x = jax.random.normal(jax.random.key(1), (500,))
     x = jnp.round(x) if ties else x
     x = jnp.concatenate([x, jnp.array([-0.0, 0.0, jnp.inf, -jnp.inf])])
     keys = _order_key(x)
-    cpu, srt = jax.jit(_keep_top_keys_cpu), jax.jit(_keep_top_keys_sort)
-    for k in [1, 2, 17, 250, 503, 504]:
-        np.testing.assert_array_equal(cpu(keys, jnp.int32(k)), srt(keys, jnp.int32(k)))
+    host, stream, srt = (jax.jit(f) for f in (_keep_top_keys_host, _keep_top_keys_streaming, _keep_top_keys_sort))
+    for k in [0, 1, 2, 17, 250, 503, 504]:
+        want = srt(keys, jnp.int32(k)) if k else jnp.zeros(keys.shape, bool)
+        assert int(want.sum()) == k
+        np.testing.assert_array_equal(host(keys, jnp.int32(k)), want)
+        if k:
+            np.testing.assert_array_equal(stream(keys, jnp.int32(k)), want)
     # The key order is the float order.
     srt = jnp.unique(x[jnp.isfinite(x)])
     assert (np.diff(np.asarray(_order_key(srt)).astype(np.int64)) > 0).all()
     np.testing.assert_array_equal(bx.topk_mask(jnp.array([0.0, -0.0, 1.0]), 1 / 3), [True, False, True])
+
+
+def test_topk_host_path_under_vmap_and_grad():
+    # The host selection batches (one row per vmapped member, each with its own sparsity) and lets
+    # gradients pass around it (a mask has none).
+    scores = jax.random.normal(jax.random.key(2), (3, 40)).at[1].set(jnp.round(jax.random.normal(jax.random.key(3), (40,))))
+    sparsity = jnp.array([0.1, 0.5, 0.9])
+    got = jax.jit(jax.vmap(bx.topk_mask))(scores, sparsity)
+    for row, s, mask in zip(scores, sparsity, got):
+        np.testing.assert_array_equal(mask, jax.jit(bx.topk_mask, static_argnums=1)(row, float(s)))
+    shared = jax.vmap(bx.topk_mask, in_axes=(0, None))(scores, 0.5)
+    np.testing.assert_array_equal(shared.sum(axis=1), [20, 20, 20])
+    grad = jax.grad(lambda x: jnp.sum(jnp.where(bx.topk_mask(x, 0.5), x, 0.0) ** 2))(scores[0])
+    np.testing.assert_allclose(grad, np.where(np.asarray(bx.topk_mask(scores[0], 0.5)), 2 * scores[0], 0.0))
+
+
+def test_cpu_topk_selection_is_chosen_by_device_count_or_environment(monkeypatch):
+    # One CPU device: the host selection (a callback); BMR_EQX_CPU_TOPK=xla keeps the streaming
+    # search, which jax.export serialises; a wrong value names the choices.
+    def traced(x):  # a new function each time: JAX caches traces by function
+        return str(jax.make_jaxpr(lambda x: bx.topk_mask(x, 0.5))(x))
+
+    x = jnp.arange(10.0)
+    assert "callback" in traced(x)
+    monkeypatch.setenv("BMR_EQX_CPU_TOPK", "xla")
+    assert "callback" not in traced(x)
+    exported = jax.export.export(jax.jit(lambda x: bx.topk_mask(x, 0.5)))(x)
+    np.testing.assert_array_equal(exported.call(x), np.arange(10) >= 5)
+    monkeypatch.setenv("BMR_EQX_CPU_TOPK", "fast")
+    with pytest.raises(ValueError, match="'auto' .*'host' or 'xla'"):
+        traced(x)
 
 
 @pytest.mark.parametrize("pattern", ["normal", "abs", "ties", "constant", "periodic", "sorted", "three values", "half inf"])
@@ -87,7 +123,7 @@ def test_topk_cpu_path_with_sampled_bracket_matches_sort_path(pattern, monkeypat
     # Large leaves take a path that brackets the threshold from a sample first; a misleading sample
     # (periodic rows, few distinct values, sorted scores) must fall back, never change the mask.
     from bmr_eqx import _masks
-    from bmr_eqx._masks import _SAMPLE, _keep_top_keys_cpu, _keep_top_keys_sort, _order_key
+    from bmr_eqx._masks import _SAMPLE, _keep_top_keys_streaming, _keep_top_keys_sort, _order_key
 
     monkeypatch.setattr(_masks, "_BRACKET_MIN", 0)  # bracket leaves of any size >= 4 samples
     n = 4 * _SAMPLE + 1234
@@ -99,7 +135,7 @@ def test_topk_cpu_path_with_sampled_bracket_matches_sort_path(pattern, monkeypat
         "half inf": np.where(rng.random(n) < 0.5, np.inf, rng.normal(size=n)),
     }[pattern]
     keys = _order_key(jnp.asarray(x, jnp.float32))
-    cpu, srt = jax.jit(_keep_top_keys_cpu), jax.jit(_keep_top_keys_sort)
+    cpu, srt = jax.jit(_keep_top_keys_streaming), jax.jit(_keep_top_keys_sort)
     for k in [1, 7, n // 100, n // 10, n // 2, n - 5, n]:
         got = cpu(keys, jnp.int32(k))
         assert int(got.sum()) == k
