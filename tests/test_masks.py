@@ -118,28 +118,45 @@ def test_cpu_topk_selection_is_chosen_by_device_count_or_environment(monkeypatch
         traced(x)
 
 
-@pytest.mark.parametrize("pattern", ["normal", "abs", "ties", "constant", "periodic", "sorted", "three values", "half inf"])
-def test_topk_cpu_path_with_sampled_bracket_matches_sort_path(pattern, monkeypatch):
-    # Large leaves take a path that brackets the threshold from a sample first; a misleading sample
-    # (periodic rows, few distinct values, sorted scores) must fall back, never change the mask.
+PATTERNS = ["normal", "abs", "ties", "constant", "periodic", "sorted", "three values", "half inf", "90% zeros",
+            "90% zeros, signed", "zeros at the top"]
+
+
+def pattern_keys(pattern, n):
+    from bmr_eqx._masks import _order_key
+
+    rng = np.random.default_rng(0)
+    x = {
+        "normal": lambda: rng.normal(size=n), "abs": lambda: np.abs(rng.normal(size=n)),
+        "ties": lambda: np.round(rng.normal(size=n)), "constant": lambda: np.ones(n),
+        "periodic": lambda: np.resize(rng.normal(size=512), n), "sorted": lambda: np.sort(rng.normal(size=n)),
+        "three values": lambda: rng.integers(0, 3, n).astype(float),
+        "half inf": lambda: np.where(rng.random(n) < 0.5, np.inf, rng.normal(size=n)),
+        "90% zeros": lambda: np.where(rng.random(n) < 0.9, 0.0, np.abs(rng.normal(size=n))),
+        "90% zeros, signed": lambda: np.where(rng.random(n) < 0.9, 0.0, rng.normal(size=n)),
+        "zeros at the top": lambda: np.where(rng.random(n) < 0.9, 0.0, -np.abs(rng.normal(size=n))),
+    }[pattern]()
+    return _order_key(jnp.asarray(x, jnp.float32))
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_topk_cpu_paths_on_hard_patterns_match_sort_path(pattern, monkeypatch):
+    # Large leaves: the streaming search brackets the threshold from a sample first, and the host
+    # selection sets a dominant value aside; a misleading sample (periodic rows, few distinct values,
+    # sorted scores, a tie block at the bottom, middle or top) must never change the mask.
     from bmr_eqx import _masks
-    from bmr_eqx._masks import _SAMPLE, _keep_top_keys_streaming, _keep_top_keys_sort, _order_key
+    from bmr_eqx._masks import _SAMPLE, _keep_top_keys_host, _keep_top_keys_sort, _keep_top_keys_streaming
 
     monkeypatch.setattr(_masks, "_BRACKET_MIN", 0)  # bracket leaves of any size >= 4 samples
     n = 4 * _SAMPLE + 1234
-    rng = np.random.default_rng(0)
-    x = {
-        "normal": rng.normal(size=n), "abs": np.abs(rng.normal(size=n)), "ties": np.round(rng.normal(size=n)),
-        "constant": np.ones(n), "periodic": np.resize(rng.normal(size=512), n), "sorted": np.sort(rng.normal(size=n)),
-        "three values": rng.integers(0, 3, n).astype(float),
-        "half inf": np.where(rng.random(n) < 0.5, np.inf, rng.normal(size=n)),
-    }[pattern]
-    keys = _order_key(jnp.asarray(x, jnp.float32))
-    cpu, srt = jax.jit(_keep_top_keys_streaming), jax.jit(_keep_top_keys_sort)
-    for k in [1, 7, n // 100, n // 10, n // 2, n - 5, n]:
-        got = cpu(keys, jnp.int32(k))
-        assert int(got.sum()) == k
-        np.testing.assert_array_equal(got, srt(keys, jnp.int32(k)))
+    keys = pattern_keys(pattern, n)
+    host, stream, srt = (jax.jit(f) for f in (_keep_top_keys_host, _keep_top_keys_streaming, _keep_top_keys_sort))
+    zeros = int(np.sum(np.asarray(keys) == np.asarray(_masks._order_key(jnp.zeros(())))))
+    for k in sorted({min(n, max(1, k)) for k in (1, 7, n // 100, n // 10, n // 2, n - 5, n, n - zeros - 1, n - zeros, n - zeros + 1)}):
+        want = srt(keys, jnp.int32(k))
+        assert int(want.sum()) == k
+        np.testing.assert_array_equal(host(keys, jnp.int32(k)), want)
+        np.testing.assert_array_equal(stream(keys, jnp.int32(k)), want)
 
 
 def structured_mask(structure, scores, sparsity, path="w"):
