@@ -13,7 +13,7 @@ import pytest
 from helpers import CNN, cnn_batch, cnn_loss, mlp, mlp_batch, scan_mlp, stateless_loss
 
 import bmr_eqx as bx
-from bmr_eqx._masks import _keep_top_keys_streaming, _keep_top_keys_sort, _order_key, keep_count
+from bmr_eqx._masks import _keep_top_keys_sort, _keep_top_keys_streaming, _order_key, keep_count
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
