@@ -18,7 +18,8 @@ round of each counts. Rows (per size):
 * compile sparse / dense, compile IVON+BMR / IVON: trace + compile times of the step functions;
 * memory (MB): XLA's temporary buffers of the dense, steady and mask-update steps
   (`compiled.memory_analysis()`), besides the parameters and optimizer state they take;
-* top-k over N scores (ms), bmr_eqx and JaxPruner.
+* top-k over N scores (ms), bmr_eqx and JaxPruner, and the host memory NumPy allocates for
+  bmr_eqx's top-k on a one-device CPU (it selects there; see the docs' "How it works").
 
     python benchmarks/bench_all.py                       # bmr_eqx alone
     python benchmarks/bench_all.py --jaxpruner-src ~/src/jaxpruner --blrax-src ~/src/blrax/src
@@ -31,6 +32,7 @@ import argparse
 import os
 import sys
 import time
+import tracemalloc
 import types
 import typing
 
@@ -319,15 +321,20 @@ def main():
         if topk_jp:
             fns["jp"] = lambda s=scores: topk_jp(s, jnp.float32(0.9))
         tt = timeit(fns, max(3, args.reps // 2))
-        topk_rows.append((int(n), tt["bx"] * 1e3, tt.get("jp")))
+        tracemalloc.start()  # NumPy's allocations (the CPU top-k selects on the host), not XLA's
+        jax.block_until_ready(fns["bx"]())
+        host_mb = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        topk_rows.append((int(n), tt["bx"] * 1e3, tt.get("jp"), host_mb))
 
     name_w = max(len(k) for k in rows) + 2
     print(f"{'figure':<{name_w}}" + "".join(f"{c:>10}" for c in columns))
     for name, values in rows.items():
         print(f"{name:<{name_w}}" + "".join(f"{v:>10}" for v in values))
-    for n, ms_bx, s_jp in topk_rows:
+    for n, ms_bx, s_jp, host_mb in topk_rows:
         jp = "-" if s_jp is None else f"{s_jp * 1e3:.2f}"
-        print(f"top-k over {n:,} scores (ms): bmr_eqx {ms_bx:.2f}, JaxPruner {jp}")
+        print(f"top-k over {n:,} scores (ms): bmr_eqx {ms_bx:.2f}, JaxPruner {jp}"
+              f" | bmr_eqx host scratch {host_mb:.1f} MB (scores: {n * 4 / 2**20:.1f} MB)")
 
 
 if __name__ == "__main__":

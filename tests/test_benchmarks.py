@@ -30,7 +30,7 @@ def test_bench_all_prints_one_table(command_output):
     rows = dict(line.rsplit(None, 1) for line in out.stdout.splitlines()[2:] if not line.startswith("top-k"))
     assert float(rows["steady / dense: bmr_eqx"]) > 0 and float(rows["IVON / adam: bmr_eqx"]) > 0
     assert rows["steady / dense: JaxPruner"] == "-"  # no source tree given: no JaxPruner column
-    assert "top-k over 1,000 scores" in out.stdout
+    assert "top-k over 1,000 scores" in out.stdout and "host scratch" in out.stdout
 
 
 @pytest.mark.command([sys.executable, str(BENCH / "bench_export.py"), "--width", "32", "--depth", "2", "--batch", "4",
