@@ -133,16 +133,26 @@ def _kth_largest_host(row: np.ndarray, keep: int) -> np.generic:
 
 
 def _threshold_and_last_host(keys: ArrayLike, k: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """For each row of `keys` (last axis) and its `k`: the `k`-th largest key `t` and the last flat
-    index of the tied entries `== t` that are kept (ties: lower index first); `k = 0` keeps nothing."""
+    """For each row of `keys` (last axis) and its `k` (clipped to `[0, n]`): the `k`-th largest key
+    `t` and the last flat index of the tied entries `== t` that are kept (ties: lower index first);
+    `k = 0` keeps nothing. Many short rows (a vmapped batch) are sorted together; long ones one by one."""
     keys, k = np.asarray(keys), np.asarray(k)
     batch = np.broadcast_shapes(keys.shape[:-1], k.shape)
-    keys, k = np.broadcast_to(keys, (*batch, keys.shape[-1])), np.broadcast_to(k, batch)
     n = keys.shape[-1]
+    keys, k = np.broadcast_to(keys, (*batch, n)), np.clip(np.broadcast_to(k, batch), 0, n).astype(np.int64)
+    if len(batch) and math.prod(batch) > 1 and n <= 1 << 16:
+        thr = np.take_along_axis(np.sort(keys, axis=-1), np.minimum(n - k, n - 1)[..., None], -1)[..., 0]
+        tied = keys == thr[..., None]
+        room = k - np.count_nonzero(keys > thr[..., None], axis=-1)
+        last = np.where(np.count_nonzero(tied, axis=-1) <= room, n - 1,
+                        np.argmax(np.cumsum(tied, axis=-1) >= np.maximum(room, 1)[..., None], axis=-1))
+        keep_none = k == 0
+        return (np.where(keep_none, np.uint32(0xFFFFFFFF), thr).astype(np.uint32),
+                np.where(keep_none, -1, last).astype(np.int32))
     thr, last = np.full(batch, 0xFFFFFFFF, np.uint32), np.full(batch, -1, np.int32)
     for i in np.ndindex(batch):
         row, keep = keys[i], int(k[i])
-        if keep <= 0:
+        if keep == 0:
             continue  # no key exceeds 0xFFFFFFFF (NaN is sanitized away), and no tie is kept
         thr[i] = t = _kth_largest_host(row, keep)
         room = keep - np.count_nonzero(row > t)  # tied entries that are kept, >= 1

@@ -101,6 +101,25 @@ def test_topk_host_path_under_vmap_and_grad():
     np.testing.assert_allclose(grad, np.where(np.asarray(bx.topk_mask(scores[0], 0.5)), 2 * scores[0], 0.0))
 
 
+def test_host_selection_of_a_batch_of_rows_matches_one_row_at_a_time():
+    # A vmapped batch of short rows is sorted at once; each row must get what it gets alone
+    # (ties, k = 0, k = n, k beyond n clipped).
+    from bmr_eqx._masks import _threshold_and_last_host
+
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 6, (4, 3, 50)).astype(np.uint32)
+    keys[0, 0] = 7  # one row of ties only
+    k = rng.integers(0, 51, (4, 3))
+    k[0, :] = [0, 50, 60]
+    thr, last = _threshold_and_last_host(keys, k)
+    for i in np.ndindex(k.shape):
+        t1, l1 = _threshold_and_last_host(keys[i][None], k[i][None])
+        assert (thr[i], last[i]) == (t1[0], l1[0]), i
+        kept = (keys[i] > thr[i]) | ((keys[i] == thr[i]) & (np.arange(50) <= last[i]))
+        order = sorted(range(50), key=lambda j: (-int(keys[i][j]), j))
+        np.testing.assert_array_equal(np.flatnonzero(kept), sorted(order[: min(int(k[i]), 50)]))
+
+
 def test_cpu_topk_selection_is_chosen_by_device_count_or_environment(monkeypatch):
     # One CPU device: the host selection (a callback); BMR_EQX_CPU_TOPK=xla keeps the streaming
     # search, which jax.export serialises; a wrong value names the choices.
