@@ -196,7 +196,7 @@ def _cpu_selection() -> str:
 
 
 def _keep_top_keys(keys: Array, k: Array) -> Array:
-    """The top-k of every backend: a sort off CPU; on CPU, the host selection (3 ms for 1M keys on
+    """The top-k of every backend: a sort off CPU; on CPU, the host selection (about 4 ms for 1M keys on
     a 2-core machine against 11 ms for the streaming search, and a fraction of its compile time) or
     the streaming search (see `_cpu_selection`)."""
     cpu = _keep_top_keys_host if _cpu_selection() == "host" else _keep_top_keys_streaming
