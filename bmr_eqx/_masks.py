@@ -13,10 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-try:  # JAX >= 0.7: a callback that reads XLA's buffers in place
-    from jax.experimental.buffer_callback import buffer_callback as _buffer_callback
-except ImportError:  # pragma: no cover - older JAX copies the keys through pure_callback
-    _buffer_callback = None
+from ._host import host_kernel
 
 Sparsity = float | Float[ArrayLike, ""]
 
@@ -119,17 +116,49 @@ def _keep_top_keys_sort(keys: Array, k: Array) -> Array:
     return (keys > thr) | (tied & (jnp.cumsum(tied, dtype=jnp.int32) <= room))
 
 
-def _kth_largest_host(row: np.ndarray, keep: int) -> np.generic:
-    """The `keep`-th largest entry of the 1-D `row` (`1 <= keep <= row.size`): NumPy's introselect
-    (`np.partition`, linear time), unless one value holds most of a sample of the row, as the zeros
-    of a pruned leaf do: introselect slows down twenty-fold on such a block, while NumPy's
-    vectorised sort gets faster (1M keys, 90% zeros, 2-core x86: 0.9 ms against 21 ms)."""
+def _select_row(row: np.ndarray, keep: int) -> tuple[np.generic, int]:
+    """For the 1-D `row` and `1 <= keep <= row.size`: the `keep`-th largest entry `t`, and the index
+    of the last entry `== t` that is kept (ties: lower index first).
+
+    NumPy's introselect (`np.partition`, linear time) selects, unless one value holds most of a
+    sample of the row, as the zeros of a pruned leaf do: introselect slows down twenty-fold on such
+    a block (1M keys, 90% zeros, 2-core x86: 21 ms), while counting the entries above that value
+    tells whether it is the answer (a pruner raising its sparsity: the pruned stay pruned) and
+    NumPy's vectorised sort is fast on it otherwise (0.9 ms; taking the entries above it out costs
+    more). The counts the ties need come from the partitioned or sorted row where they can."""
     n = row.size
     if n >= 4096:
-        _, counts = np.unique(row[:: n // 256], return_counts=True)
+        values, counts = np.unique(row[:: n // 256], return_counts=True)
         if counts.max() * 2 > counts.sum():
-            return np.sort(row)[n - keep]
-    return np.partition(row, n - keep)[n - keep]
+            v = values[counts.argmax()]
+            above = int(np.count_nonzero(row > v))
+            if above < keep:
+                tied = row == v
+                if keep <= above + np.count_nonzero(tied):
+                    return v, _nth_true(tied, keep - above)
+            ranked = np.sort(row)
+            t = ranked[n - keep]
+            first, end = np.searchsorted(ranked, t, "left"), np.searchsorted(ranked, t, "right")
+            # the kept ties are those from index n - keep to end - 1 of the sorted row
+            return t, (n - 1 if first == n - keep else _nth_true(row == t, int(end) - (n - keep)))
+    part = np.partition(row, n - keep)
+    t = part[n - keep]
+    if not np.any(part[: n - keep] == t):  # every entry equal to t is kept
+        return t, n - 1
+    return t, _nth_true(row == t, keep - int(np.count_nonzero(part[n - keep:] > t)))
+
+
+def _nth_true(mask: np.ndarray, nth: int) -> int:
+    """The index of the `nth` (from 1) True of the 1-D `mask`, counted in chunks so that a long run
+    of True (a tie block) is never turned into an index array."""
+    step = max(1 << 16, mask.size // 64)
+    for start in range(0, mask.size, step):
+        chunk = mask[start:start + step]
+        count = np.count_nonzero(chunk)
+        if nth <= count:
+            return start + int(np.flatnonzero(chunk)[nth - 1])
+        nth -= count
+    raise ValueError("mask has fewer True entries than asked for")
 
 
 def _threshold_and_last_host(keys: ArrayLike, k: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -154,31 +183,22 @@ def _threshold_and_last_host(keys: ArrayLike, k: ArrayLike) -> tuple[np.ndarray,
         row, keep = keys[i], int(k[i])
         if keep == 0:
             continue  # no key exceeds 0xFFFFFFFF (NaN is sanitized away), and no tie is kept
-        thr[i] = t = _kth_largest_host(row, keep)
-        room = keep - np.count_nonzero(row > t)  # tied entries that are kept, >= 1
-        tied = row == t
-        last[i] = n - 1 if np.count_nonzero(tied) <= room else np.flatnonzero(tied)[room - 1]
+        thr[i], last[i] = _select_row(row, keep)
     return thr, last
 
 
-def _fill_threshold_and_last(ctx: object, out: tuple, keys: object, k: object) -> None:
-    """`_threshold_and_last_host` as a buffer callback: reads XLA's buffers in place, no copy."""
-    thr, last = _threshold_and_last_host(np.asarray(keys), np.asarray(k))
-    np.asarray(out[0])[...] = thr
-    np.asarray(out[1])[...] = last
+_select_on_host = host_kernel(
+    "bmr_eqx_threshold_and_last", lambda keys, k: _threshold_and_last_host(keys, k),
+    probe=(np.array([[3, 1, 2, 2]], np.uint32), np.array([2], np.int32)))
 
 
 def _keep_top_keys_host(keys: Array, k: Array) -> Array:
     """Keep the `k` largest `keys` (ties: lower index): the threshold is selected by NumPy on the
-    host (XLA:CPU has no selection and its sort is slow), the mask by XLA. The keys reach NumPy
-    without a copy through `jax.experimental.buffer_callback` where JAX has it (a `pure_callback`
-    copies them: 1.5 ms more per 1M keys on a 2-core machine)."""
+    host (XLA:CPU has no selection and its sort is slow), the mask by XLA. NumPy reads the keys in
+    XLA's buffer, through an FFI custom call that leaves dispatch asynchronous (`_host`)."""
     keys = jax.lax.stop_gradient(keys)
     out = (jax.ShapeDtypeStruct((), jnp.uint32), jax.ShapeDtypeStruct((), jnp.int32))
-    if _buffer_callback is not None:
-        thr, last = _buffer_callback(_fill_threshold_and_last, out, vmap_method="expand_dims")(keys, k)
-    else:
-        thr, last = jax.pure_callback(_threshold_and_last_host, out, keys, k, vmap_method="expand_dims")
+    thr, last, keys = _select_on_host(out, keys, jnp.asarray(k, jnp.int32))
     return (keys > thr) | ((keys == thr) & (jax.lax.iota(jnp.int32, keys.size) <= last))
 
 

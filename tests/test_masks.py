@@ -121,20 +121,24 @@ def test_host_selection_of_a_batch_of_rows_matches_one_row_at_a_time():
 
 
 def test_cpu_topk_selection_is_chosen_by_device_count_or_environment(monkeypatch):
-    # One CPU device: the host selection (a callback); BMR_EQX_CPU_TOPK=xla keeps the streaming
-    # search, which jax.export serialises; a wrong value names the choices.
-    def traced(x):  # a new function each time: JAX caches traces by function
-        return str(jax.make_jaxpr(lambda x: bx.topk_mask(x, 0.5))(x))
+    # One CPU device: the host selection (an FFI custom call, no Python callback, which would make
+    # dispatch synchronous); BMR_EQX_CPU_TOPK=xla keeps the streaming search, which jax.export
+    # serialises; a wrong value names the choices.
+    def lowered(x):  # a new function each time: JAX caches traces by function
+        return jax.jit(lambda x: bx.topk_mask(x, 0.5)).lower(x).as_text()
 
     x = jnp.arange(10.0)
-    assert "callback" in traced(x)
+    text = lowered(x)
+    assert "bmr_eqx_threshold_and_last" in text and "callback" not in text
+    with pytest.raises(ValueError, match="custom calls"):
+        jax.export.export(jax.jit(lambda x: bx.topk_mask(x, 0.5)))(x)
     monkeypatch.setenv("BMR_EQX_CPU_TOPK", "xla")
-    assert "callback" not in traced(x)
+    assert "bmr_eqx_threshold_and_last" not in lowered(x)
     exported = jax.export.export(jax.jit(lambda x: bx.topk_mask(x, 0.5)))(x)
     np.testing.assert_array_equal(exported.call(x), np.arange(10) >= 5)
     monkeypatch.setenv("BMR_EQX_CPU_TOPK", "fast")
     with pytest.raises(ValueError, match="'auto' .*'host' or 'xla'"):
-        traced(x)
+        lowered(x)
 
 
 PATTERNS = ["normal", "abs", "ties", "constant", "periodic", "sorted", "three values", "half inf", "90% zeros",
