@@ -117,35 +117,47 @@ def _keep_top_keys_sort(keys: Array, k: Array) -> Array:
 
 
 def _select_row(row: np.ndarray, keep: int) -> tuple[np.generic, int]:
-    """For the 1-D `row` and `1 <= keep <= row.size`: the `keep`-th largest entry `t`, and the index
-    of the last entry `== t` that is kept (ties: lower index first).
+    """For the 1-D uint32 `row` and `1 <= keep <= row.size`: the `keep`-th largest entry `t`, and
+    the index of the last entry `== t` that is kept (ties: lower index first).
 
-    NumPy's introselect (`np.partition`, linear time) selects, unless one value holds most of a
-    sample of the row, as the zeros of a pruned leaf do: introselect slows down twenty-fold on such
-    a block (1M keys, 90% zeros, 2-core x86: 21 ms), while counting the entries above that value
-    tells whether it is the answer (a pruner raising its sparsity: the pruned stay pruned) and
-    NumPy's vectorised sort is fast on it otherwise (0.9 ms; taking the entries above it out costs
-    more). The counts the ties need come from the partitioned or sorted row where they can."""
+    NumPy's introselect (`np.partition`, linear time) selects. It slows down twenty-fold when the
+    entry it looks for sits just above a block of equal values (the zeros of a pruned leaf: 1M keys,
+    90% zeros, 2-core x86: 21 ms), so when one value `v` holds most of a sample of the row, the
+    entries are counted against `v` first: `v` may be the answer (a pruner raising its sparsity
+    keeps the pruned weights pruned); otherwise the row is shifted (modulo 2**32) so that the
+    entries on the answer's side of `v` come first, ordered from `v` outwards, and the block of `v`
+    last, where introselect is fast (0.5 ms there)."""
     n = row.size
+    shifted, j, front_kept, to_row = None, n - keep, False, None  # the n - keep smallest are dropped
     if n >= 4096:
         values, counts = np.unique(row[:: n // 256], return_counts=True)
         if counts.max() * 2 > counts.sum():
             v = values[counts.argmax()]
             above = int(np.count_nonzero(row > v))
-            if above < keep:
+            if keep <= above:  # entries above v first, smallest first: the first above - keep are dropped
+                origin = v + np.uint32(1)
+                shifted, j = row - origin, above - keep
+                to_row = lambda s: origin + s  # noqa: E731
+            else:
                 tied = row == v
-                if keep <= above + np.count_nonzero(tied):
-                    return v, _nth_true(tied, keep - above)
-            ranked = np.sort(row)
-            t = ranked[n - keep]
-            first, end = np.searchsorted(ranked, t, "left"), np.searchsorted(ranked, t, "right")
-            # the kept ties are those from index n - keep to end - 1 of the sorted row
-            return t, (n - 1 if first == n - keep else _nth_true(row == t, int(end) - (n - keep)))
-    part = np.partition(row, n - keep)
-    t = part[n - keep]
-    if not np.any(part[: n - keep] == t):  # every entry equal to t is kept
+                at = int(np.count_nonzero(tied))
+                if keep <= above + at:
+                    return v, (n - 1 if keep == above + at else _nth_true(tied, keep - above))
+                # entries below v first, largest first: the first keep - above - at are kept
+                origin = v - np.uint32(1)
+                shifted, j, front_kept = origin - row, keep - above - at - 1, True
+                to_row = lambda s: origin - s  # noqa: E731
+    shifted = row.copy() if shifted is None else shifted
+    shifted.partition(j)
+    s = shifted[j]
+    t = s if to_row is None else to_row(s)
+    if not front_kept and (j == 0 or shifted[:j].max() < s):  # no tie of t is dropped
         return t, n - 1
-    return t, _nth_true(row == t, keep - int(np.count_nonzero(part[n - keep:] > t)))
+    ties_in_front = int(np.count_nonzero(shifted[:j] == s))
+    tied = row == t
+    count = int(np.count_nonzero(tied))
+    kept = ties_in_front + 1 if front_kept else count - ties_in_front
+    return t, (n - 1 if kept == count else _nth_true(tied, kept))
 
 
 def _nth_true(mask: np.ndarray, nth: int) -> int:
@@ -165,7 +177,7 @@ def _threshold_and_last_host(keys: ArrayLike, k: ArrayLike) -> tuple[np.ndarray,
     """For each row of `keys` (last axis) and its `k` (clipped to `[0, n]`): the `k`-th largest key
     `t` and the last flat index of the tied entries `== t` that are kept (ties: lower index first);
     `k = 0` keeps nothing. Many short rows (a vmapped batch) are sorted together; long ones one by one."""
-    keys, k = np.asarray(keys), np.asarray(k)
+    keys, k = np.asarray(keys, np.uint32), np.asarray(k)
     batch = np.broadcast_shapes(keys.shape[:-1], k.shape)
     n = keys.shape[-1]
     keys, k = np.broadcast_to(keys, (*batch, n)), np.clip(np.broadcast_to(k, batch), 0, n).astype(np.int64)
@@ -226,8 +238,11 @@ def _keep_top_keys(keys: Array, k: Array) -> Array:
 def after(x: Array, previous: Array) -> Array:
     """`x` unchanged, but computed only once `previous` is: XLA then runs the top-k of one leaf
     after the other and reuses their scratch memory (an update costs the scratch of the largest
-    leaf, not of the model). `lax.optimization_barrier` would not do: XLA:CPU removes it."""
-    zero = jnp.minimum(jnp.sum(previous, dtype=jnp.int32), 0)  # 0, but XLA cannot prove it
+    leaf, not of the model). `lax.optimization_barrier` would not do: XLA:CPU removes it. A few
+    entries of `previous` make the dependency: XLA computes them from its inputs (the threshold of
+    the previous top-k), so this costs no pass over `previous`."""
+    flat = jnp.ravel(previous)
+    zero = jnp.minimum(jnp.sum(flat[:: max(1, flat.size // 4)], dtype=jnp.int32), 0)  # 0, but XLA cannot prove it
     x = jnp.asarray(x)
     if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize in (2, 4, 8):
         ut = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[x.dtype.itemsize]

@@ -120,6 +120,27 @@ def test_host_selection_of_a_batch_of_rows_matches_one_row_at_a_time():
         np.testing.assert_array_equal(np.flatnonzero(kept), sorted(order[: min(int(k[i]), 50)]))
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_host_selection_of_rows_with_a_dominant_value_matches_a_stable_sort(seed):
+    # Rows where one value holds most keys take the counting/shifted paths; their threshold and
+    # last kept tie must be those of a stable descending sort, for every keep around the block.
+    from bmr_eqx._masks import _select_row
+
+    rng = np.random.default_rng(seed)
+    n = 5000
+    v = rng.choice([0, 7, 1 << 31, 0xFFFFFFFF - 3])
+    others = rng.integers(0, 12, n) * (1 << 28) // 3 + rng.integers(0, 3, n)  # few distinct values: ties
+    row = np.where(rng.random(n) < rng.uniform(0.55, 0.95), v, others).astype(np.uint32)
+    order = np.lexsort((np.arange(n), -row.astype(np.int64)))  # descending value, then lower index
+    above, at = int(np.sum(row > v)), int(np.sum(row == v))
+    for keep in sorted({1, 2, n, n - 1, *(max(1, min(n, b + d)) for b in (above, above + at) for d in (-2, 0, 1, 3)),
+                        *rng.integers(1, n + 1, 8)}):
+        t, last = _select_row(row, int(keep))
+        kept = (row > t) | ((row == t) & (np.arange(n) <= last))
+        np.testing.assert_array_equal(np.flatnonzero(kept), np.sort(order[:keep]), err_msg=f"keep={keep}")
+        assert t == row[order[keep - 1]]
+
+
 def test_cpu_topk_selection_is_chosen_by_device_count_or_environment(monkeypatch):
     # One CPU device: the host selection (an FFI custom call, no Python callback, which would make
     # dispatch synchronous); BMR_EQX_CPU_TOPK=xla keeps the streaming search, which jax.export
@@ -142,7 +163,7 @@ def test_cpu_topk_selection_is_chosen_by_device_count_or_environment(monkeypatch
 
 
 PATTERNS = ["normal", "abs", "ties", "constant", "periodic", "sorted", "three values", "half inf", "90% zeros",
-            "90% zeros, signed", "zeros at the top"]
+            "90% zeros, signed", "zeros at the top", "90% zeros, tied signed"]
 
 
 def pattern_keys(pattern, n):
@@ -158,6 +179,7 @@ def pattern_keys(pattern, n):
         "90% zeros": lambda: np.where(rng.random(n) < 0.9, 0.0, np.abs(rng.normal(size=n))),
         "90% zeros, signed": lambda: np.where(rng.random(n) < 0.9, 0.0, rng.normal(size=n)),
         "zeros at the top": lambda: np.where(rng.random(n) < 0.9, 0.0, -np.abs(rng.normal(size=n))),
+        "90% zeros, tied signed": lambda: np.where(rng.random(n) < 0.9, 0.0, np.round(3 * rng.normal(size=n))),
     }[pattern]()
     return _order_key(jnp.asarray(x, jnp.float32))
 
