@@ -197,11 +197,12 @@ def ivon(
             # recomputing ĥ (and reading the old mean) in the fusions that write the new mean and
             # curvature, which would make it copy both before updating them in place
             h_next = ((b2 * h + (1 - b2) * hh) * (h + delta) + 0.5 * (1 - b2) ** 2 * (h - hh) ** 2) / (h + delta)
-            h_new = (h_next if refresh is True else jnp.where(refresh, h_next, h)).astype(h.dtype)
+            d_h = (h_next if refresh is True else jnp.where(refresh, h_next, h)).astype(h.dtype) - h
+            h_new = h + d_h  # what eqx.apply_updates computes: XLA stores it once and the mean's update reads it
             step = ((g / debias.astype(dt) + delta * p.leaf) / (h_new + delta)).astype(dt)
             momentum.append(g)
             d_mean.append((-jnp.asarray(alpha, dt) * jnp.clip(step, -clip_radius, clip_radius)).astype(dt))
-            d_hess[p.path] = h_new - h
+            d_hess[p.path] = d_h
         d_mean = keep_pruned_at_zero(ps, d_mean)
         mean_updates = jax.tree.structure(trainable(post.mean)).unflatten(d_mean)
         w = post.init_weight
