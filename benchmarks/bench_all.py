@@ -240,11 +240,11 @@ def blrax_steps(blrax, p, x, y):
 
 
 def compile_seconds(fn, params, state):
-    """Trace + compile time of a fresh jit of `fn` (the faster of two, JAX's caches cleared before
+    """Trace + compile time of a fresh jit of `fn` (the fastest of three, JAX's caches cleared before
     each, so one-time Python-side costs of the first trace count for no variant), and its
     temporary memory in MB."""
     seconds = []
-    for _ in range(2):
+    for _ in range(3):
         jax.clear_caches()
         t0 = time.perf_counter()
         compiled = jax.jit(fn, donate_argnums=(0, 1)).lower(params, state, jnp.asarray(0)).compile()
