@@ -11,10 +11,13 @@ handler does not run (checked once, on a tiny input), the kernel goes through `j
 """
 
 import ctypes
+import threading
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 _API_MAJOR, _API_MINOR = 0, 1  # the FFI version the structs below follow
@@ -116,12 +119,14 @@ def _handler(name: str, kernel: Callable[..., Sequence[Any]]) -> Any:
     return _HANDLER(handle)
 
 
-_registered: dict[str, Any] = {}  # name -> the ctypes handler (kept alive) or None where the FFI failed
+_registered: dict[str, Any] = {}  # name -> the ctypes handler, or None where the FFI path failed
+_alive: list[Any] = []  # every handler XLA was given, kept alive for the process (XLA holds its address)
+_lock = threading.Lock()
 
 
 def _register(name: str, kernel: Callable[..., Sequence[Any]], probe: Sequence[Any]) -> Any:
     """Register `kernel` as the CPU FFI target `name` and check that XLA runs it on `probe` as NumPy
-    does: the ctypes handler (to keep alive), or None where either fails (no FFI in this JAX,
+    does: the ctypes handler, or None (with a warning) where either fails (no FFI in this JAX,
     another FFI version, ...)."""
     want = [np.asarray(w) for w in kernel(*(np.asarray(p) for p in probe))]  # a kernel's own error propagates
     ffi = getattr(jax, "ffi", None)
@@ -130,34 +135,65 @@ def _register(name: str, kernel: Callable[..., Sequence[Any]], probe: Sequence[A
     handler = _handler(name, kernel)
     try:
         ffi.register_ffi_target(name, ffi.pycapsule(ctypes.cast(handler, ctypes.c_void_p).value), platform="cpu")
-        with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
-            got = ffi.ffi_call(name, tuple(jax.ShapeDtypeStruct(w.shape, w.dtype) for w in want))(*probe)
+        _alive.append(handler)
+        cpu = jax.devices("cpu")[0]
+        with jax.ensure_compile_time_eval(), jax.transfer_guard("allow"):
+            args = [jax.device_put(p, cpu) for p in probe]
+            got = ffi.ffi_call(name, tuple(jax.ShapeDtypeStruct(w.shape, w.dtype) for w in want))(*args)
             ok = all(np.array_equal(np.asarray(g), w) for g, w in zip(got, want))
-    except Exception:
+        if not ok:
+            raise RuntimeError(f"the custom call gave {got} on the probe, NumPy {want}")
+    except Exception as e:
+        warnings.warn(f"bmr_eqx: the NumPy kernel {name!r} runs through jax.pure_callback (synchronous dispatch) "
+                      f"because its XLA FFI custom call failed: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=3)
         return None
-    return handler if ok else None
+    return handler
+
+
+def _ffi(name: str, out: Sequence[jax.ShapeDtypeStruct], passthrough: bool) -> Callable[..., Any]:
+    """The FFI call of `name` as a function of its operands, returning the results and the first
+    operand, passed through in place (an aliased result) if `passthrough`. Under `vmap` the batch
+    becomes leading axes of the operands; an operand that is not batched stays as it is (the
+    kernel broadcasts it) and, if it is the first, is not passed through, so it is never copied
+    once per batch member."""
+
+    @jax.custom_batching.custom_vmap
+    def call(*args: Any) -> Any:
+        shapes = (*out, jax.ShapeDtypeStruct(np.shape(args[0]), args[0].dtype)) if passthrough else tuple(out)
+        results = jax.ffi.ffi_call(name, shapes, input_output_aliases={0: len(out)} if passthrough else None)(*args)
+        return tuple(results) if passthrough else (*results, args[0])
+
+    @call.def_vmap
+    def batched(axis_size: int, in_batched: Sequence[bool], first: Any, *rest: Any) -> Any:
+        rest = [a if b else jnp.broadcast_to(a, (axis_size, *np.shape(a))) for a, b in zip(rest, in_batched[1:])]
+        batched_out = [jax.ShapeDtypeStruct((axis_size, *o.shape), o.dtype) for o in out]
+        if in_batched[0]:
+            return tuple(_ffi(name, batched_out, passthrough)(first, *rest)), (True,) * (len(out) + 1)
+        # a size-1 batch axis (no copy), so that the kernel broadcasts it against the others
+        results = _ffi(name, batched_out, False)(first[None], *rest)[: len(out)]
+        return (*results, first), (*[True] * len(out), False)
+
+    return call
 
 
 def host_kernel(name: str, kernel: Callable[..., Sequence[Any]], probe: Sequence[Any]) -> Callable[..., Any]:
     """`call(out, *args)`: `kernel(*numpy_args)` run on the CPU inside a jitted program, its results
     (a sequence of arrays broadcastable to the `jax.ShapeDtypeStruct`s `out`) written into XLA's
-    result buffers. Batches under `vmap` by giving every operand the batch's leading axes, so `kernel`
-    must work on a batch of rows. `probe` is a small input to check the FFI path on,
-    once per process (on first use); a kernel whose FFI registration fails runs through
-    `jax.pure_callback` (synchronous dispatch, one copy of the operands).
+    result buffers. Under `vmap` the operands get the batch as leading axes (an unbatched one keeps
+    its shape), so `kernel` must broadcast over leading axes. `probe` is a small input to check
+    the FFI path on, once per process (on first use); a kernel whose FFI registration fails runs
+    through `jax.pure_callback` (synchronous dispatch, one copy of the operands), with a warning.
 
     `call` returns the kernel's results followed by `args[0]`, which the FFI call passes through in
     place (an aliased result): operations that read this output instead of the operand run after
     the kernel, and XLA cannot fold the operand's computation into them, so it is computed once."""
 
     def call(out: Sequence[jax.ShapeDtypeStruct], *args: Any) -> Any:
-        if name not in _registered:  # once per process; a failed registration is not retried
-            _registered[name] = _register(name, kernel, probe)
+        with _lock:
+            if name not in _registered:  # once per process; a failed registration is not retried
+                _registered[name] = _register(name, kernel, probe)
         if _registered[name] is not None:
-            first = jax.ShapeDtypeStruct(np.shape(args[0]), args[0].dtype)
-            # broadcast_all: the passed-through operand has the batch shape of the results
-            return jax.ffi.ffi_call(name, (*out, first), vmap_method="broadcast_all",
-                                    input_output_aliases={0: len(out)})(*args)
+            return _ffi(name, out, passthrough=True)(*args)
         results = jax.pure_callback(lambda *a: tuple(np.asarray(r, o.dtype) for r, o in zip(kernel(*a), out)),
                                     tuple(out), *args, vmap_method="expand_dims")
         return (*results, args[0])

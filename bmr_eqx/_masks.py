@@ -127,10 +127,10 @@ def _select_row(row: np.ndarray, keep: int) -> tuple[np.generic, int]:
     """For the 1-D uint32 `row` and `1 <= keep <= row.size`: the `keep`-th largest entry `t`, and
     the index of the last entry `== t` that is kept (ties: lower index first).
 
-    NumPy's introselect (`np.partition`, linear time) selects. It slows down twenty-fold when the
-    entry it looks for sits just above a block of equal values (the zeros of a pruned leaf: 1M keys,
-    90% zeros, 2-core x86: 21 ms), so when one value `v` holds most of a sample of the row, the
-    entries are counted against `v` first: `v` may be the answer (a pruner raising its sparsity
+    NumPy's introselect (`np.partition`, linear time) selects. It slows down up to forty-fold when
+    the entry it looks for sits just above a block of equal values (the zeros of a pruned leaf: 1M
+    keys, 10% to 90% zeros, 2-core x86: 4 to 40 ms), so when one value `v` holds 8 or more of a
+    sample of 257 keys (about 3% of the row), the entries are counted against `v` first: `v` may be the answer (a pruner raising its sparsity
     keeps the pruned weights pruned); otherwise the row is shifted (modulo 2**32) so that the
     entries on the answer's side of `v` come first, ordered from `v` outwards, and the block of `v`
     last, where introselect is fast (0.5 ms there)."""
@@ -138,7 +138,7 @@ def _select_row(row: np.ndarray, keep: int) -> tuple[np.generic, int]:
     shifted, j, front_kept, to_row = None, n - keep, False, None  # the n - keep smallest are dropped
     if n >= 4096:
         values, counts = np.unique(row[:: n // 256], return_counts=True)
-        if counts.max() * 2 > counts.sum():
+        if counts.max() >= 8:  # a value holding about 3% of the row or more
             v = values[counts.argmax()]
             above = int(np.count_nonzero(row > v))
             if keep <= above:  # entries above v first, smallest first: the first above - keep are dropped

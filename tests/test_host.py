@@ -98,3 +98,14 @@ def test_a_step_with_the_host_top_k_is_written_to_and_read_from_the_persistent_c
         if run == 0:
             first = entries
     assert entries == first  # the second process found every executable it needed
+
+
+def test_the_first_use_registers_the_custom_call_even_where_transfers_are_disallowed():
+    # The probe moves its operands explicitly: a first top-k traced under a transfer guard must
+    # still get the custom call (a failed probe would leave the process on pure_callback).
+    call = _host.host_kernel("bmr_eqx_test_guarded", row_stats, PROBE)
+    x = jnp.arange(6.0).reshape(2, 3)
+    with jax.transfer_guard("disallow"):
+        got = jax.jit(lambda x: call(out_of(x[0]), x[0], jnp.float32(2)))(x)
+    assert _host._registered["bmr_eqx_test_guarded"] is not None
+    np.testing.assert_allclose(got[0], 4.0)
