@@ -90,6 +90,17 @@ def test_per_leaf_topk_exchanges_counts_not_leaves():
     assert "all-gather" not in hlo
 
 
+def test_topk_of_scores_sharded_over_a_mesh_with_explicit_axes():
+    # jax.make_mesh's default axis types are explicit: the sort branch that platform_dependent
+    # traces next to the CPU search must say that it gathers the keys, and the mask is the same.
+    if not hasattr(jax.sharding, "AxisType"):
+        pytest.skip("this JAX has no explicit mesh axes")
+    mesh = jax.make_mesh((8,), ("d",), axis_types=(jax.sharding.AxisType.Explicit,))
+    x = jax.random.normal(jax.random.key(0), (64,))
+    sharded = jax.device_put(x, NamedSharding(mesh, PartitionSpec("d")))
+    np.testing.assert_array_equal(jax.jit(lambda s: bx.topk_mask(s, 0.75))(sharded), bx.topk_mask(x, 0.75))
+
+
 @pytest.mark.parametrize("name", ["mlp", pytest.param("cnn", marks=pytest.mark.slow),
                                   pytest.param("transformer", marks=pytest.mark.slow)])
 def test_training_with_pruning_on_a_mesh_equals_one_device(name):

@@ -101,6 +101,11 @@ def test_topk_host_path_under_vmap_and_grad():
     np.testing.assert_allclose(grad, np.where(np.asarray(bx.topk_mask(scores[0], 0.5)), 2 * scores[0], 0.0))
 
 
+def test_topk_of_an_empty_leaf_is_empty_under_jit_and_vmap():
+    assert jax.jit(lambda x: bx.topk_mask(x, 0.5))(jnp.ones((0,))).shape == (0,)
+    assert jax.jit(jax.vmap(lambda x: bx.topk_mask(x, 0.5)))(jnp.ones((3, 0))).shape == (3, 0)
+
+
 def test_topk_under_nested_vmap_matches_one_row_at_a_time_and_never_copies_shared_scores():
     # Every way of batching scores and sparsity over two vmaps gives each row's own mask, and a
     # sparsity sweep over one leaf (scores shared) costs no copy of the scores per member.
