@@ -7,8 +7,12 @@ jitted with its state donated; rounds alternate between all variants of a size a
 round of each counts. Rows (per size):
 
 * dense step (ms): a plain adam step;
+* dense / dense: the same dense step jitted twice and timed as two variants: the noise of this run,
+  against which to read every ratio near 1;
 * steady / dense: masks fixed (bmr_eqx: `Sparse` + `masked_updates` + a `pruner.update` whose
   schedule does not fire; JaxPruner: `wrap_optax` + `post_gradient_update`, no update that step);
+  "update between steps": the same `pruner.update` called between the jitted steps with a Python
+  int step instead of inside them (no control flow in the step);
 * mask update / dense: the same with the masks recomputed every step;
 * RigL update / dense (bmr_eqx): a drop-and-grow update every step;
 * IVON / adam: an IVON step (noisy value-and-grad, update) of bmr_eqx and of blrax;
@@ -161,7 +165,8 @@ def bx_steps(p, x, y):
         def step(m, s, i):
             g = eqx.filter_grad(loss)(m)
             u, s = masked.update(g, s, m)
-            return pruner.update(eqx.apply_updates(m, u), i), s, i + 1
+            m = eqx.apply_updates(m, u)
+            return (m if pruner is None else pruner.update(m, i)), s, i + 1
 
         return step
 
@@ -195,7 +200,9 @@ def bx_steps(p, x, y):
     sparse_post = bx.Posterior(sparse, ess=10_000)
     return {
         "dense": (dense, p, adam.init(p)),
+        "dense again": (dense, p, adam.init(p)),
         "steady": (sparse_with(never), sparse, masked.init(sparse)),
+        "steady between": (sparse_with(None), sparse, masked.init(sparse), never.update),
         "update": (sparse_with(every), sparse, masked.init(sparse)),
         "rigl": (rigl_step, sparse, masked.init(sparse)),
         "ivon": (ivon_with(None), post, ivon.init(post)),
@@ -287,15 +294,17 @@ def main():
             steps.update(blrax_steps(blrax, p, x, y))
         compiles = {k: compile_seconds(steps[k][0], steps[k][1], steps[k][2]) for k in
                     ("dense", "steady", "update", "ivon sparse", "ivon+bmr")}
-        t = timeit({k: run_steps(jit_step(fn), (a, b, jnp.asarray(0)), args.steps) for k, (fn, a, b) in steps.items()},
-                   args.reps)
+        t = timeit({k: run_steps(jit_step(fn), (a, b, jnp.asarray(0)), args.steps, *between)
+                    for k, (fn, a, b, *between) in steps.items()}, args.reps)
         t = {k: v / args.steps for k, v in t.items()}
 
         def put(name, value, fmt="{:.3f}"):
             rows.setdefault(name, []).append("-" if value is None else fmt.format(value))
 
         put("dense adam step (ms)", t["dense"] * 1e3, "{:.2f}")
+        put("dense / dense (this run's noise)", t["dense again"] / t["dense"])
         put("steady / dense: bmr_eqx", t["steady"] / t["dense"])
+        put("steady / dense: bmr_eqx, update between steps", t["steady between"] / t["dense"])
         put("steady / dense: JaxPruner", t["jp steady"] / t["dense"] if jaxpruner else None)
         put("mask update / dense: bmr_eqx", t["update"] / t["dense"], "{:.2f}")
         put("mask update / dense: JaxPruner", t["jp update"] / t["dense"] if jaxpruner else None, "{:.2f}")

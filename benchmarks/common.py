@@ -23,15 +23,21 @@ def timeit(fns, reps):
     return {name: min(ts) for name, ts in times.items()}
 
 
-def run_steps(step, carry, n):
+def run_steps(step, carry, n, between=None):
     """A function running `carry = step(*carry)` `n` times from a private copy of `carry`; the
-    step's last output must be the step counter it takes as its last input."""
+    step's last output must be the step counter it takes as its last input. `between(model, i)`,
+    if given, runs after each step on the step's first output, with `i` the step as a Python int
+    (e.g. `pruner.update` called between jitted steps)."""
     carry = jax.tree.map(lambda a: a.copy() if eqx.is_array(a) else a, carry)
+    count = 0
 
     def go():
-        nonlocal carry
+        nonlocal carry, count
         for _ in range(n):
             carry = step(*carry)
+            count += 1
+            if between is not None:
+                carry = (between(carry[0], count), *carry[1:])
         return jax.tree.leaves(carry)[0]
 
     return go

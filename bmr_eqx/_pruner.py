@@ -120,7 +120,9 @@ class Pruner(eqx.Module):
     # ---- what the score sees ---------------------------------------------------------------------
 
     def _entries(self, model: PyTree, grads: PyTree, key: PRNGKeyArray | None,
-                 one_shot: bool = False) -> tuple[list[Site], list[_Entry]]:
+                 one_shot: bool = False, check_only: bool = False) -> tuple[list[Site], list[_Entry]]:
+        """The sites and prunable leaves of `model`, after checking that the pruner can score them
+        (`check_only`: the checks alone, no entries)."""
         sites = find_sites(model, grads)
         if not sites:
             raise no_sparse_error(model)
@@ -170,6 +172,8 @@ class Pruner(eqx.Module):
         unknown = sorted(set(self.keep_dense) - known)
         if unknown:
             raise ValueError(f"keep_dense names {unknown}, which are not prunable leaves; prunable leaves are {sorted(known)}.")
+        if check_only:
+            return sites, []
         keys = list(jax.random.split(key, len(raw))) if key is not None else [None] * len(raw)
         entries = [
             _Entry(i, rel, Leaf(path, w, m, g, k, None if post is None else post.hess[hk],
@@ -296,21 +300,25 @@ class Pruner(eqx.Module):
             return model
         if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((model, step))):
             return self._update(model, step, grads, key)
-        # called eagerly: nothing to do off the schedule's update steps; on them, compile the whole
-        # update once rather than op by op
-        step = jnp.asarray(step)
-        do = self.schedule.has_started(step) if self.straight_through else self.schedule.is_update_step(step)
+        # called eagerly: nothing to do off the schedule's update steps (a Python int step is
+        # answered in Python, so this neither waits for the device nor runs anything on it); on
+        # them, compile the whole update once rather than op by op
+        do = self._does_update(step)
         if not bool(do):
-            self._entries(model, grads, key)  # the same checks as on an update step
+            self._entries(model, grads, key, check_only=True)  # the same checks as on an update step
             return model
-        return _update_jit(self, model, step, grads, key)
+        return _update_jit(self, model, jnp.asarray(step), grads, key)
+
+    def _does_update(self, step: Any) -> Any:
+        """Whether `update` recomputes masks at `step`."""
+        return self.schedule.has_started(step) if self.straight_through else self.schedule.is_update_step(step)
 
     def _update(self, model: PyTree, step: Any, grads: PyTree, key: PRNGKeyArray | None) -> PyTree:
         sites, entries = self._entries(model, grads, key)
         step = jnp.asarray(step)
         # straight-through masks follow the dense weights at every step once the schedule has started;
         # the schedule sets the sparsity
-        do = self.schedule.has_started(step) if self.straight_through else self.schedule.is_update_step(step)
+        do = self._does_update(step)
         old = [e.leaf.mask for e in entries]
         regrows = self.selection.regrows
 

@@ -1,12 +1,23 @@
-"""When masks are recomputed, and at what sparsity. Every method accepts a traced `step`."""
+"""When masks are recomputed, and at what sparsity. Every method accepts a traced `step`; the
+update-step questions answer a Python `int` step in Python, with no device work, so that a
+`pruner.update` called between jitted steps never waits for the device."""
 
 import abc
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 Step = int | Int[ArrayLike, ""]
+Answer = bool | Bool[Array, ""]
+
+
+def _step(step: Step) -> int | Array:
+    """A Python (or NumPy) integer `step` as a Python `int`; anything else as a JAX array."""
+    if isinstance(step, (int, np.integer)) and not isinstance(step, bool):
+        return int(step)
+    return jnp.asarray(step)
 
 
 class AbstractSchedule(eqx.Module):
@@ -14,27 +25,29 @@ class AbstractSchedule(eqx.Module):
     a leaf's target sparsity applies then (`sparsity`)."""
 
     @abc.abstractmethod
-    def is_update_step(self, step: Step) -> Bool[Array, ""]:
-        """Whether masks are recomputed at `step`."""
+    def is_update_step(self, step: Step) -> Answer:
+        """Whether masks are recomputed at `step`: a Python `bool` for a Python `int` step, else a
+        JAX bool scalar."""
 
     def sparsity(self, step: Step, target: float | Float[ArrayLike, ""]) -> Float[Array, ""]:
         """The sparsity in force at `step` for a leaf whose final sparsity is `target`."""
         return jnp.asarray(target, jnp.float32)
 
-    def has_started(self, step: Step) -> Bool[Array, ""]:
+    def has_started(self, step: Step) -> Answer:
         """Whether pruning has begun by `step` (its first update step has come). Straight-through
-        pruners recompute their masks at every step from then on."""
-        return jnp.asarray(step) >= getattr(self, "start", 0)
+        pruners recompute their masks at every step from then on. A Python `bool` for a Python
+        `int` step, else a JAX bool scalar."""
+        return _step(step) >= getattr(self, "start", 0)
 
 
 class NoUpdateSchedule(AbstractSchedule):
     """Masks never change during training (static sparse training; set them with `prune`)."""
 
-    def is_update_step(self, step: Step) -> Bool[Array, ""]:
-        return jnp.zeros((), bool)
+    def is_update_step(self, step: Step) -> Answer:
+        return False if isinstance(_step(step), int) else jnp.zeros((), bool)
 
-    def has_started(self, step: Step) -> Bool[Array, ""]:
-        return jnp.zeros((), bool)
+    def has_started(self, step: Step) -> Answer:
+        return self.is_update_step(step)
 
 
 class OneShotSchedule(AbstractSchedule):
@@ -47,11 +60,11 @@ class OneShotSchedule(AbstractSchedule):
 
     step: int = 0
 
-    def is_update_step(self, step: Step) -> Bool[Array, ""]:
-        return jnp.asarray(step) == self.step
+    def is_update_step(self, step: Step) -> Answer:
+        return _step(step) == self.step
 
-    def has_started(self, step: Step) -> Bool[Array, ""]:
-        return jnp.asarray(step) >= self.step
+    def has_started(self, step: Step) -> Answer:
+        return _step(step) >= self.step
 
 
 def _check_window(start: int, end: int | None, every: int) -> None:
@@ -63,8 +76,8 @@ def _check_window(start: int, end: int | None, every: int) -> None:
         raise ValueError(f"end ({end}) must be >= start ({start}).")
 
 
-def _in_window(step: Step, start: int, end: int | None, every: int) -> Bool[Array, ""]:
-    step = jnp.asarray(step)
+def _in_window(step: Step, start: int, end: int | None, every: int) -> Answer:
+    step = _step(step)
     ok = (step >= start) & ((step - start) % every == 0)
     return ok if end is None else ok & (step <= end)
 
@@ -87,7 +100,7 @@ class PeriodicSchedule(AbstractSchedule):
     def __check_init__(self):
         _check_window(self.start, self.end, self.every)
 
-    def is_update_step(self, step: Step) -> Bool[Array, ""]:
+    def is_update_step(self, step: Step) -> Answer:
         return _in_window(step, self.start, self.end, self.every)
 
 
@@ -114,8 +127,8 @@ class PolynomialSchedule(AbstractSchedule):
         if self.end == self.start:
             raise ValueError(f"PolynomialSchedule needs end > start, got start=end={self.start}.")
 
-    def is_update_step(self, step: Step) -> Bool[Array, ""]:
-        return _in_window(step, self.start, self.end, self.every) | (jnp.asarray(step) == self.end)
+    def is_update_step(self, step: Step) -> Answer:
+        return _in_window(step, self.start, self.end, self.every) | (_step(step) == self.end)
 
     def sparsity(self, step: Step, target: float | Float[ArrayLike, ""]) -> Float[Array, ""]:
         span = self.end - self.start

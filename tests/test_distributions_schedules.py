@@ -1,6 +1,7 @@
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import bmr_eqx as bx
@@ -94,3 +95,33 @@ def test_erk_options_and_floor_budget_by_hand():
     got = bx.erk_sparsities(shapes, 0.8)
     eps = 16 / (6 + 9 + 12)
     assert got == pytest.approx({"a": 1 - eps * 0.75, "b": 1 - eps * 0.5, "c": 1 - eps * 0.25})
+
+
+SCHEDULES = [
+    bx.PeriodicSchedule(every=5, start=10, end=30),
+    bx.PeriodicSchedule(every=3),
+    bx.PolynomialSchedule(start=4, end=45, every=10),
+    bx.OneShotSchedule(7),
+    bx.NoUpdateSchedule(),
+]
+
+
+@pytest.mark.parametrize("sch", SCHEDULES, ids=lambda s: type(s).__name__)
+def test_python_steps_are_answered_in_python_like_traced_ones(sch):
+    traced = jax.jit(lambda t: (sch.is_update_step(t), sch.has_started(t)))
+    for t in range(60):
+        got = (sch.is_update_step(t), sch.has_started(t))
+        assert all(type(a) is bool for a in got), got  # no device work for a Python int step
+        assert got == tuple(bool(a) for a in traced(t)), t
+        assert got == (bool(sch.is_update_step(np.int64(t))), bool(sch.has_started(np.int32(t))))
+
+
+def test_eager_update_off_schedule_touches_no_device():
+    # a Python int step is answered in Python: no transfer, no computation, no wait for queued steps
+    model = bx.MagnitudePruning(sparsity=0.5).prune(bx.Sparse(eqx.nn.MLP(8, 4, 16, 1, key=jax.random.key(0))))
+    for pruner in [bx.MagnitudePruning(sparsity=0.5, schedule=bx.PeriodicSchedule(every=10)),
+                   bx.SteMagnitudePruning(sparsity=0.5, schedule=bx.OneShotSchedule(5))]:
+        m = model if not pruner.straight_through else bx.Sparse(model.model, masks=model.masks, straight_through=True)
+        with jax.transfer_guard("disallow"):
+            assert pruner.update(m, 3) is m
+        assert pruner.update(m, 10 if not pruner.straight_through else 6) is not m  # update steps still update

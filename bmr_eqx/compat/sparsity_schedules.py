@@ -31,7 +31,7 @@ class OneShotSchedule(NoUpdateSchedule):
     target_step: int
 
     def is_mask_update_iter(self, step):
-        return _core.OneShotSchedule(self.target_step).is_update_step(step)
+        return jnp.asarray(_core.OneShotSchedule(self.target_step).is_update_step(step))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +50,7 @@ class PeriodicSchedule(NoUpdateSchedule):
         end = self.update_end_step
         if end is not None and end < first:
             return jnp.zeros((), bool)
-        return _core.PeriodicSchedule(every=self.update_freq, start=max(first, 0), end=end).is_update_step(step)
+        return jnp.asarray(_core.PeriodicSchedule(every=self.update_freq, start=max(first, 0), end=end).is_update_step(step))
 
 
 @dataclasses.dataclass(frozen=True)
