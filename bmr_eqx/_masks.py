@@ -30,8 +30,9 @@ def keep_count(size: int, sparsity: Sparsity) -> int | Int[Array, ""]:
     if isinstance(sparsity, (int, float)):
         k = int(np.round(np.float32(size) * (np.float32(1.0) - np.float32(sparsity))))
         return min(size, max(1, k))
-    s = jnp.asarray(sparsity, jnp.float32)
-    return jnp.clip(jnp.round(size * (1.0 - s)), 1, size).astype(jnp.int32)
+    s = lax.convert_element_type(sparsity, jnp.float32)  # lax, not jnp: see below
+    kept = lax.round(lax.mul(lax.full_like(s, size), lax.sub(lax.full_like(s, 1), s)), lax.RoundingMethod.TO_NEAREST_EVEN)
+    return lax.convert_element_type(lax.clamp(lax.full_like(s, 1), kept, lax.full_like(s, size)), jnp.int32)
 
 
 # The elementwise helpers below are written with `lax` rather than `jnp`: every `jnp` function is a

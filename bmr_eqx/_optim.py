@@ -18,6 +18,7 @@ from ._tree import (
     trainable,
     trainable_params,
     unflatten_like_trainable,
+    where,
 )
 
 
@@ -34,7 +35,7 @@ def mask_gradients(grads: PyTree, model: PyTree) -> PyTree:
     """
     ps = trainable_params(model)
     flat = flatten_like_trainable(model, grads, "grads")
-    out = [g if (g is None or p.mask is None) else jnp.where(p.mask, g, jnp.zeros((), g.dtype)) for p, g in zip(ps, flat)]
+    out = [g if (g is None or p.mask is None) else where(p.mask, g, 0) for p, g in zip(ps, flat)]
     return unflatten_like_trainable(model, out)
 
 

@@ -15,7 +15,7 @@ from ._scores import AbstractScore, Leaf
 from ._selection import AbstractSelection, AbstractStructure, Channel, Unit, Unstructured
 from ._sites import Site, find_sites, join_path, no_sparse_error, replace_sites
 from ._sparse import Sparse, check_masks
-from ._tree import PyTree, path_str
+from ._tree import PyTree, path_str, where
 
 _AUTODIFF_TRACERS = ("JVPTracer", "LinearizeTracer")  # the tracers of jax.jvp / jax.grad / jax.linearize
 
@@ -44,7 +44,7 @@ class _Entry(NamedTuple):
         (unless straight-through), and the data curvature (the initial value removed) beside h."""
         leaf = self.leaf
         if not self.straight_through:
-            leaf = leaf._replace(weight=jnp.where(leaf.mask, leaf.weight, jnp.zeros((), leaf.weight.dtype)))
+            leaf = leaf._replace(weight=where(leaf.mask, leaf.weight, 0))
         if self.posterior is not None:  # unused by a score, XLA drops it
             leaf = leaf._replace(data_hess=data_curvature(leaf.hess, self.posterior.init_weight, self.posterior.hess_init))
         return leaf
@@ -194,7 +194,7 @@ class Pruner(eqx.Module):
         for j in active:
             leaf = leaves[j]
             s = self.score(leaf)
-            scores[j] = jnp.where(leaf.mask, s, -jnp.inf) if self.monotone else s
+            scores[j] = where(leaf.mask, s, -float("inf")) if self.monotone else s
         if isinstance(st, Coupled):
             return self._coupled_masks(entries, active, leaves, scores, sparsity_at, step)
         units, owners = [], []
@@ -242,7 +242,7 @@ class Pruner(eqx.Module):
             if old is not None:
                 fresh = ~old[j] & m
                 keep = ~fresh if keep is None else keep & ~fresh
-            out.append(w if keep is None else jnp.where(keep, w, jnp.zeros((), w.dtype)))
+            out.append(w if keep is None else where(keep, w, 0))
         return out
 
     @staticmethod

@@ -7,6 +7,7 @@ import abc
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 Step = int | Int[ArrayLike, ""]
@@ -78,8 +79,13 @@ def _check_window(start: int, end: int | None, every: int) -> None:
 
 def _in_window(step: Step, start: int, end: int | None, every: int) -> Answer:
     step = _step(step)
-    ok = (step >= start) & ((step - start) % every == 0)
-    return ok if end is None else ok & (step <= end)
+    if isinstance(step, int):
+        ok = step >= start and (step - start) % every == 0
+        return ok if end is None else ok and step <= end
+    # lax, not jnp: each jnp function is a nested jit whose first trace costs a millisecond or more
+    c = lambda v: lax.full_like(step, v)  # noqa: E731
+    ok = lax.bitwise_and(lax.ge(step, c(start)), lax.eq(lax.rem(lax.sub(step, c(start)), c(every)), c(0)))
+    return ok if end is None else lax.bitwise_and(ok, lax.le(step, c(end)))
 
 
 class PeriodicSchedule(AbstractSchedule):

@@ -7,7 +7,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._tree import AbstractWrapper, PyTree, is_wrapper, path_str, prunable_paths
+from ._tree import AbstractWrapper, PyTree, is_wrapper, path_str, prunable_paths, where
 
 
 def check_masks(model: PyTree, masks: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -75,7 +75,7 @@ def _stored_zeros_jvp(primals: tuple, tangents: tuple) -> tuple:
     w, mask = primals
     dw, _ = tangents
     # the primal output goes through the rule again, so derivatives of every order see pruned weights as 0
-    return _stored_zeros(w, mask), jnp.where(mask, dw, jnp.zeros((), dw.dtype))
+    return _stored_zeros(w, mask), where(mask, dw, 0)
 
 
 def _with_stored_zeros(model: PyTree, masks: Mapping[str, Any]) -> PyTree:

@@ -254,7 +254,21 @@ def prunable_paths(
     return paths
 
 
+def where(mask: Any, on: Any, off: Any) -> Any:
+    """`jnp.where(mask, on, off)`. When `on` is an array of `mask`'s shape and `off` an array or a
+    Python scalar it can take, the select is written in `lax`: every `jnp` function is a nested jit
+    whose first trace costs a millisecond or more, and these selects run once per pruned leaf."""
+    shape = getattr(on, "shape", None)
+    dtype = getattr(on, "dtype", None)
+    if shape is not None and shape == getattr(mask, "shape", None) and getattr(mask, "dtype", None) == jax.numpy.bool_:
+        if isinstance(off, (int, float)) and not isinstance(off, bool) and jax.numpy.issubdtype(dtype, jax.numpy.inexact):
+            off = jax.lax.full_like(on, off)
+        if getattr(off, "shape", None) == shape and getattr(off, "dtype", None) == dtype:
+            return jax.lax.select(mask, on, off)
+    return jax.numpy.where(mask, on, off)
+
+
 def keep_pruned_at_zero(ps: list[Param], updates: list[Any]) -> list[Any]:
     """Updates (aligned with `ps`) that bring every pruned weight to exactly 0 and keep it there (its
     update is `-w`: 0 for a weight already at 0); the others move as given."""
-    return [u if (u is None or p.mask is None) else jax.numpy.where(p.mask, u, -p.leaf) for p, u in zip(ps, updates)]
+    return [u if (u is None or p.mask is None) else where(p.mask, u, -p.leaf) for p, u in zip(ps, updates)]
