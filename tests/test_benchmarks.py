@@ -29,6 +29,8 @@ def test_bench_all_prints_one_table(command_output):
     assert out.returncode == 0, out.stderr
     rows = dict(line.rsplit(None, 1) for line in out.stdout.splitlines()[2:] if not line.startswith("top-k"))
     assert float(rows["steady / dense: bmr_eqx"]) > 0 and float(rows["IVON / adam: bmr_eqx"]) > 0
+    assert float(rows["dense / dense (this run's noise)"]) > 0
+    assert float(rows["steady / dense: bmr_eqx, update between steps"]) > 0
     assert rows["steady / dense: JaxPruner"] == "-"  # no source tree given: no JaxPruner column
     assert "top-k over 1,000 scores" in out.stdout and "host scratch" in out.stdout
 

@@ -356,3 +356,22 @@ def test_gradients_flow_through_a_traced_pruner_update():
     for step in (0, 1):  # an update step and a step without one
         g = grad(model, jnp.asarray(step))
         assert float(jnp.abs(g.model.layers[0].weight).sum()) > 0
+
+
+def test_lax_where_matches_jnp_where():
+    # the per-leaf select written in lax (trace time) must give jnp.where's values and dtypes
+    from bmr_eqx._tree import where
+
+    mask = jnp.array([[True, False], [False, True]])
+    cases = [
+        (jnp.ones((2, 2)), 0),
+        (jnp.ones((2, 2), jnp.bfloat16), -float("inf")),
+        (jnp.arange(4).reshape(2, 2), -float("inf")),  # integer scores: promoted like jnp.where
+        (jnp.arange(4).reshape(2, 2), 0),
+        (jnp.ones((2, 2)), jnp.zeros((2, 2), jnp.float16)),
+        (jnp.ones((2, 2)), -jnp.ones((2, 2))),
+        (jnp.ones((2, 2)), jnp.zeros(())),
+    ]
+    for on, off in cases:
+        got, want = where(mask, on, off), jnp.where(mask, on, off)
+        assert got.dtype == want.dtype and got.shape == want.shape and bool(jnp.array_equal(got, want)), (on, off)
